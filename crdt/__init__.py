@@ -1,0 +1,1 @@
+"""Pure core: consumption CRDTs for distributed rate limiting (standard library only)."""
