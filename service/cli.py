@@ -1,0 +1,40 @@
+"""The `ratelimiter` command line: one subcommand per module that implements it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from service.errors import RateLimiterError
+
+# subcommand -> module holding `add_arguments(parser)` and `run(args) -> int`
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "kafka": ("service.broker.cli", "run a local single-node KRaft Kafka broker"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="ratelimiter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(child)
+        child.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the subcommand, map our errors to a message and exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args._module.run(args)
+    except RateLimiterError as exc:
+        print(f"ratelimiter {args.command}: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        return 130
+    return code
