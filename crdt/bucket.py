@@ -1,0 +1,268 @@
+"""The per-key consumption CRDT of a token bucket: epoch floors plus per-replica cells.
+
+Lattice: for every epoch e, a floor F_e (max-register) and one cell per replica of the
+cost it admitted (P, G-counter) and refunded (N). With interval T = 1/rate, the bucket's
+theoretical arrival time is the max-plus fold over epochs in order:
+
+    floor'(first) = F_first;  floor'(next) = max(F_next, floor'(prev) + T * U_prev)
+    TAT = floor'(last) + T * U_last          (U = P - N summed over replicas)
+
+tokens(now) = C - max(0, TAT - now) / T. A local admission at `now` with TAT < now is a
+refill to full and raises F of the newest epoch to now - T * U. Merging is pointwise max,
+so it is commutative, associative and idempotent; the state stores the cascaded floors
+(floor'), which merge by max as well. Epochs older than the seal point are dropped once
+their effect lives in the next epoch's cascaded floor.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+NEG_INF = float("-inf")
+
+
+class Epoch:
+    """An open epoch older than the newest one."""
+
+    __slots__ = ("cells", "e", "floor", "refunds", "used")
+
+    def __init__(
+        self,
+        e: int,
+        floor: float,
+        cells: dict[str, int],
+        refunds: dict[str, int] | None,
+        used: int,
+    ) -> None:
+        self.e = e
+        self.floor = floor
+        self.cells = cells
+        self.refunds = refunds
+        self.used = used
+
+
+class Extra:
+    """The rarely needed part of a key: remote cells, refunds, older epochs, folded totals."""
+
+    __slots__ = ("older", "own_n", "remote", "remote_n", "sealed")
+
+    def __init__(self) -> None:
+        self.remote: dict[str, int] | None = None
+        self.own_n = 0
+        self.remote_n: dict[str, int] | None = None
+        self.older: list[Epoch] = []
+        self.sealed: dict[str, int] = {}
+
+
+class KeyState:
+    """One key: the newest epoch inline (the hot path), everything else in `x`."""
+
+    __slots__ = ("e", "floor", "own", "used", "x")
+
+    def __init__(self, e: int) -> None:
+        self.e = e
+        self.floor = NEG_INF
+        self.used = 0
+        self.own = 0
+        self.x: Extra | None = None
+
+    def tat(self, interval: float) -> float:
+        """Theoretical arrival time: the bucket is full at and after it."""
+        return self.floor + self.used * interval
+
+    def extra(self) -> Extra:
+        """The extra part, created on first need."""
+        x = self.x
+        if x is None:
+            x = self.x = Extra()
+        return x
+
+    def newest_cells(self, me: str) -> tuple[dict[str, int], dict[str, int]]:
+        """Positive and negative cells of the newest epoch, own cell included."""
+        cells = {me: self.own} if self.own else {}
+        refunds: dict[str, int] = {}
+        x = self.x
+        if x is not None:
+            if x.remote:
+                cells.update(x.remote)
+            if x.own_n:
+                refunds[me] = x.own_n
+            if x.remote_n:
+                refunds.update(x.remote_n)
+        return cells, refunds
+
+    def roll(self, e_new: int, interval: float, seal: int, me: str) -> None:
+        """Open epoch `e_new` (> self.e); the previous newest becomes older or is folded."""
+        carried = self.floor + self.used * interval
+        cells, refunds = self.newest_cells(me)
+        x = self.x
+        if cells or refunds:
+            if self.e > seal:
+                x = self.extra()
+                x.older.append(Epoch(self.e, self.floor, cells, refunds or None, self.used))
+            else:
+                x = self.extra()
+                fold_totals(x.sealed, cells, refunds)
+        if x is not None:
+            x.remote = None
+            x.own_n = 0
+            x.remote_n = None
+        self.e = e_new
+        self.floor = carried
+        self.used = 0
+        self.own = 0
+
+    def merge(
+        self,
+        replica: str,
+        epoch: int,
+        floor: float,
+        p: int,
+        n: int,
+        *,
+        interval: float,
+        seal: int,
+        me: str,
+    ) -> int:
+        """Merge one remote entry; returns the late cost applied as debt (0 if on time)."""
+        if epoch == self.e:
+            self._merge_newest(replica, floor, p, n)
+            return 0
+        if epoch > self.e:
+            self.roll(epoch, interval, seal, me)
+            self._merge_newest(replica, floor, p, n)
+            return 0
+        x = self.extra()
+        older = x.older
+        index = bisect_left([o.e for o in older], epoch)
+        if index < len(older) and older[index].e == epoch:
+            target = older[index]
+        elif epoch > seal:
+            before = older[index - 1] if index else None
+            start = before.floor + before.used * interval if before is not None else NEG_INF
+            target = Epoch(epoch, start, {}, None, 0)
+            older.insert(index, target)
+        else:
+            return self._merge_late(floor, p - n, interval)
+        changed = False
+        if floor > target.floor:
+            target.floor = floor
+            changed = True
+        if p > target.cells.get(replica, 0):
+            target.used += p - target.cells.get(replica, 0)
+            target.cells[replica] = p
+            changed = True
+        if n:
+            refunds = target.refunds if target.refunds is not None else {}
+            if n > refunds.get(replica, 0):
+                target.used -= n - refunds.get(replica, 0)
+                refunds[replica] = n
+                target.refunds = refunds
+                changed = True
+        if changed:
+            self.cascade(index, interval)
+        return 0
+
+    def _merge_newest(self, replica: str, floor: float, p: int, n: int) -> None:
+        if floor > self.floor:
+            self.floor = floor
+        x = self.extra()
+        remote = x.remote
+        if remote is None:
+            remote = x.remote = {}
+        old = remote.get(replica, 0)
+        if p > old:
+            remote[replica] = p
+            self.used += p - old
+        if n:
+            remote_n = x.remote_n
+            if remote_n is None:
+                remote_n = x.remote_n = {}
+            old_n = remote_n.get(replica, 0)
+            if n > old_n:
+                remote_n[replica] = n
+                self.used -= n - old_n
+
+    def _merge_late(self, floor: float, net: int, interval: float) -> int:
+        # The epoch was sealed before this entry arrived (a delivery delay beyond
+        # `seal_after`, e.g. a broker outage or a partition). What part of it we
+        # saw is forgotten, so apply all of it as debt to every open epoch: never
+        # under-count consumption (the bound), at worst over-count one epoch's cell.
+        debt = net * interval if net > 0 else 0.0
+        x = self.x
+        if x is not None:
+            for o in x.older:
+                o.floor += debt
+        self.floor = max(self.floor + debt, floor + debt) if self.floor != NEG_INF else floor + debt
+        return max(net, 0)
+
+    def cascade(self, index: int, interval: float) -> None:
+        """Propagate older[index]'s effect forward to later epochs' cascaded floors."""
+        x = self.x
+        assert x is not None
+        older = x.older
+        prev = older[index]
+        for nxt in older[index + 1 :]:
+            carried = prev.floor + prev.used * interval
+            if carried > nxt.floor:
+                nxt.floor = carried
+            prev = nxt
+        carried = prev.floor + prev.used * interval
+        if carried > self.floor:
+            self.floor = carried
+
+    def seal(self, seal: int) -> int:
+        """Drop older epochs at or before the seal point; returns how many were dropped."""
+        x = self.x
+        if x is None or not x.older or x.older[0].e > seal:
+            return 0
+        older = x.older
+        count = 0
+        while count < len(older) and older[count].e <= seal:
+            fold_totals(x.sealed, older[count].cells, older[count].refunds)
+            count += 1
+        del older[:count]
+        return count
+
+    def open_epochs(self) -> int:
+        """Number of epochs held (newest included)."""
+        return 1 + (len(self.x.older) if self.x is not None else 0)
+
+    def contributions(self, me: str) -> dict[str, int]:
+        """Net cost admitted per replica since this key was tracked."""
+        totals: dict[str, int] = {}
+        x = self.x
+        if x is not None:
+            totals.update(x.sealed)
+            for o in x.older:
+                fold_totals(totals, o.cells, o.refunds)
+        cells, refunds = self.newest_cells(me)
+        fold_totals(totals, cells, refunds)
+        return {r: v for r, v in sorted(totals.items()) if v}
+
+    def own_entries(self, me: str, since_epoch: int) -> list[tuple[int, float, int, int]]:
+        """(epoch, floor, own P, own N) for epochs >= since_epoch that hold own cells."""
+        out: list[tuple[int, float, int, int]] = []
+        x = self.x
+        if x is not None:
+            for o in x.older:
+                if o.e >= since_epoch:
+                    p = o.cells.get(me, 0)
+                    n = o.refunds.get(me, 0) if o.refunds else 0
+                    if p or n:
+                        out.append((o.e, o.floor, p, n))
+        own_n = x.own_n if x is not None else 0
+        if self.own or own_n:
+            out.append((self.e, self.floor, self.own, own_n))
+        return out
+
+
+def fold_totals(
+    totals: dict[str, int], cells: dict[str, int], refunds: dict[str, int] | None
+) -> None:
+    """Add cells minus refunds into per-replica totals."""
+    for r, v in cells.items():
+        totals[r] = totals.get(r, 0) + v
+    if refunds:
+        for r, v in refunds.items():
+            totals[r] = totals.get(r, 0) - v

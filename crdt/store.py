@@ -1,0 +1,317 @@
+"""The token-bucket key store of one replica: local decisions, deltas out, deltas in, GC."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from crdt.bucket import KeyState
+from crdt.delta import Delta, Entry
+from crdt.errors import InvalidParameter
+from crdt.policy import EPS_TIME, BucketPolicy, SyncTiming, finite_time, positive_int
+
+
+class KeyView(NamedTuple):
+    """A key's merged state at one instant."""
+
+    key: str
+    tokens: float
+    tat: float
+    consumed: int
+    contributions: dict[str, int]
+    open_epochs: int
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Counters a node exports as metrics."""
+
+    deleted_idle: int = 0
+    evicted_active: int = 0
+    sealed_epochs: int = 0
+    late_entries: int = 0
+    late_cost: int = 0
+
+
+class BucketStore:
+    """Token buckets for many keys, owned by one replica (one process incarnation).
+
+    `acquire` decides locally and records the admitted cost in this replica's cells;
+    `flush` returns one Delta per key changed since the last flush; `apply` merges a
+    peer's Delta; `sweep` seals old epochs and deletes keys whose deletion cannot change
+    a decision; beyond `max_keys`, the oldest keys are evicted (counted).
+    Times are seconds on a clock shared by the cluster; the store never reads a clock.
+    """
+
+    def __init__(
+        self,
+        policy: BucketPolicy,
+        replica: str,
+        timing: SyncTiming | None = None,
+        max_keys: int = 1_000_000,
+    ) -> None:
+        if not replica:
+            raise InvalidParameter("replica id must be a non-empty string")
+        self.policy = policy
+        self.replica = replica
+        self.timing = timing if timing is not None else SyncTiming()
+        self.max_keys = positive_int("max_keys", max_keys)
+        self.stats = StoreStats()
+        self.bootstrapping = False
+        self._keys: dict[str, KeyState] = {}
+        self._dirty: set[str] = set()
+        self._pending: list[Delta] = []
+        self._interval = policy.interval
+        self._rate = policy.rate
+        self._capacity = policy.capacity
+        self._cap_time = policy.capacity * policy.interval + EPS_TIME
+        self._epoch_width = self.timing.epoch
+        self._seal_after = self.timing.seal_after
+        self._e_now = 0
+        self._epoch_start = math.inf  # forces _advance on first use
+        self._epoch_end = -math.inf
+        self._seal = -(2**62)
+        self._sweep_keys: list[str] = []
+        self._sweep_pos = 0
+        self._flushed_epoch = -(2**62)
+
+    # -- clock ---------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        finite_time("now", now)
+        width = self._epoch_width
+        e = int(now // width)
+        self._e_now = e
+        self._epoch_start = e * width
+        self._epoch_end = (e + 1) * width
+        seal = int((now - self._seal_after) // width) - 1
+        if seal > self._seal:  # never moves back when the clock steps back
+            self._seal = seal
+
+    @property
+    def seal_point(self) -> int:
+        """Epochs at or before this index are sealed."""
+        return self._seal
+
+    # -- decisions -------------------------------------------------------------
+
+    def acquire(self, key: str, cost: int, now: float) -> float:
+        """Admit `cost` for `key` at `now` if the bucket holds it.
+
+        Returns the tokens left after admission (>= 0) when admitted, else minus the
+        shortfall (< 0): the bucket holds `result + cost` tokens and lacks `-result`.
+        """
+        if type(cost) is not int or cost < 1:
+            positive_int("cost", cost)
+        if not (self._epoch_start <= now < self._epoch_end):
+            self._advance(now)
+        st = self._keys.get(key)
+        if st is None:
+            if cost > self._capacity:
+                return float(self._capacity - cost)
+            st = self._insert(key, self._e_now)
+        elif st.e < self._e_now:
+            st.roll(self._e_now, self._interval, self._seal, self.replica)
+        interval = self._interval
+        tat = st.floor + st.used * interval
+        base = now if tat < now else tat
+        after = base + cost * interval - now
+        if after <= self._cap_time:
+            if tat < now:
+                st.floor = now - st.used * interval
+            st.used += cost
+            st.own += cost
+            self._dirty.add(key)
+            left = (self._cap_time - EPS_TIME - after) * self._rate
+            return left if left > 0.0 else 0.0
+        return (self._cap_time - EPS_TIME - after) * self._rate
+
+    def refund(self, key: str, cost: int, now: float) -> None:
+        """Give back `cost` tokens this replica admitted earlier (a PN-counter decrement)."""
+        positive_int("cost", cost)
+        if not (self._epoch_start <= now < self._epoch_end):
+            self._advance(now)
+        st = self._keys.get(key)
+        if st is None:
+            return  # a full bucket stays full
+        if st.e < self._e_now:
+            st.roll(self._e_now, self._interval, self._seal, self.replica)
+        x = st.extra()
+        x.own_n += cost
+        st.used -= cost
+        self._dirty.add(key)
+
+    # -- replication -------------------------------------------------------------
+
+    def flush(self, now: float) -> list[Delta]:
+        """One Delta per key this replica changed since the last flush."""
+        self._advance(now)
+        out = self._pending
+        self._pending = []
+        # Own writes since the previous flush went to epochs >= the epoch current at
+        # that flush, so this ships each epoch's final own cell exactly once more after
+        # the epoch ends, and never again (receivers may seal it later).
+        since = min(self._flushed_epoch, self._e_now)
+        self._flushed_epoch = self._e_now
+        keys = self._keys
+        for key in self._dirty:
+            st = keys.get(key)
+            if st is not None:
+                entries = tuple(Entry(*t) for t in st.own_entries(self.replica, since))
+                if entries:
+                    out.append(Delta(key, self.replica, entries))
+        self._dirty.clear()
+        return out
+
+    def dirty_count(self) -> int:
+        """Keys changed since the last flush."""
+        return len(self._dirty) + len(self._pending)
+
+    def apply(self, delta: Delta, now: float) -> None:
+        """Merge a peer's Delta (our own deltas echoed back by the topic are ignored)."""
+        if delta.replica == self.replica:
+            return
+        if not (self._epoch_start <= now < self._epoch_end):
+            self._advance(now)
+        st = self._keys.get(delta.key)
+        if st is None:
+            if not delta.entries:
+                return
+            st = self._insert(delta.key, delta.entries[0].epoch)
+        seal = -(2**62) if self.bootstrapping else self._seal
+        interval = self._interval
+        me = self.replica
+        late = 0
+        for entry in delta.entries:
+            late_cost = st.merge(
+                delta.replica,
+                entry.epoch,
+                entry.floor,
+                entry.p,
+                entry.n,
+                interval=interval,
+                seal=seal,
+                me=me,
+            )
+            if late_cost:
+                late += late_cost
+                self.stats.late_entries += 1
+        self.stats.late_cost += late
+
+    # -- reading -----------------------------------------------------------------
+
+    def view(self, key: str, now: float) -> KeyView:
+        """The merged state of `key` (a full bucket when untracked)."""
+        st = self._keys.get(key)
+        if st is None:
+            return KeyView(key, float(self._capacity), -math.inf, 0, {}, 0)
+        tat = st.tat(self._interval)
+        backlog = tat - now if tat > now else 0.0
+        tokens = self._capacity - backlog * self._rate
+        contributions = st.contributions(self.replica)
+        return KeyView(
+            key, tokens, tat, sum(contributions.values()), contributions, st.open_epochs()
+        )
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def keys(self) -> list[str]:
+        """A snapshot of the tracked keys."""
+        return list(self._keys)
+
+    # -- memory ------------------------------------------------------------------
+
+    def _insert(self, key: str, epoch: int) -> KeyState:
+        if len(self._keys) >= self.max_keys:
+            self._make_room()
+        st = self._keys[key] = KeyState(epoch)
+        return st
+
+    def _idle(self, key: str, st: KeyState, now: float) -> bool:
+        # Deleting changes no decision when every epoch is sealed (no peer can still
+        # send cells for it within the sync bound), the bucket is full, and nothing
+        # of ours is waiting to be flushed.
+        return (
+            st.e <= self._seal
+            and (st.x is None or not st.x.older)
+            and st.floor + st.used * self._interval <= now
+            and key not in self._dirty
+        )
+
+    def _next_sweep_key(self) -> str | None:
+        if self._sweep_pos >= len(self._sweep_keys):
+            self._sweep_keys = list(self._keys)
+            self._sweep_pos = 0
+            if not self._sweep_keys:
+                return None
+        key = self._sweep_keys[self._sweep_pos]
+        self._sweep_pos += 1
+        return key
+
+    def sweep(self, now: float, budget: int = 10_000) -> int:
+        """Seal old epochs and delete idle keys, visiting at most `budget` keys.
+
+        Returns the number of keys deleted. Call it periodically; a full pass over all
+        keys takes len(self) / budget calls.
+        """
+        self._advance(now)
+        if self.bootstrapping:
+            return 0
+        deleted = 0
+        keys = self._keys
+        for _ in range(min(budget, len(keys))):
+            key = self._next_sweep_key()
+            if key is None:
+                break
+            st = keys.get(key)
+            if st is None:
+                continue
+            self.stats.sealed_epochs += st.seal(self._seal)
+            if self._idle(key, st, now):
+                del keys[key]
+                deleted += 1
+        self.stats.deleted_idle += deleted
+        return deleted
+
+    def _make_room(self) -> None:
+        keys = self._keys
+        # Prefer keys whose deletion cannot change a decision; look at a bounded
+        # number of candidates so an insert stays O(1) amortised under a key flood.
+        now = self._epoch_start
+        for _ in range(min(64, len(keys))):
+            key = self._next_sweep_key()
+            if key is None:
+                break
+            st = keys.get(key)
+            if st is not None:
+                st.seal(self._seal)
+                if self._idle(key, st, now):
+                    del keys[key]
+                    self.stats.deleted_idle += 1
+                    return
+        while len(keys) >= self.max_keys:
+            key = self._next_sweep_key()
+            if key is None:
+                return
+            st = keys.pop(key, None)
+            if st is None:
+                continue
+            if key in self._dirty:
+                # Ship what we admitted before forgetting the key: nothing admitted is lost.
+                self._dirty.discard(key)
+                entries = tuple(
+                    Entry(*t) for t in st.own_entries(self.replica, self._flushed_epoch)
+                )
+                if entries:
+                    self._pending.append(Delta(key, self.replica, entries))
+            self.stats.evicted_active += 1
+
+    def finish_bootstrap(self, now: float) -> None:
+        """Leave bootstrap mode: from now on, entries of sealed epochs count as late."""
+        self.bootstrapping = False
+        self._advance(now)
