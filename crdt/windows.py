@@ -1,0 +1,234 @@
+"""Fixed-window and sliding-window counters over the same per-replica cells as the bucket.
+
+Each window index w (now // window) holds one G-counter cell per replica (with refunds as
+a second cell), shipped as absolute values in the same Delta/Entry shape as the bucket
+(`floor` is unused and sent as 0.0). Only the current and previous windows matter for a
+decision, so older windows are dropped; cells that arrive for them change nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+from crdt.delta import Delta, Entry
+from crdt.errors import InvalidParameter
+from crdt.policy import WindowPolicy, finite_time, positive_int
+from crdt.store import KeyView, StoreStats
+
+
+class WindowState:
+    """Cells of the previous and current window of one key."""
+
+    __slots__ = ("cur", "cur_cells", "cur_used", "prev_cells", "prev_used")
+
+    def __init__(self, w: int) -> None:
+        self.cur = w
+        self.cur_cells: dict[str, tuple[int, int]] = {}
+        self.cur_used = 0
+        self.prev_cells: dict[str, tuple[int, int]] = {}
+        self.prev_used = 0
+
+    def advance(self, w: int) -> None:
+        """Make `w` (> cur) the current window."""
+        if w == self.cur + 1:
+            self.prev_cells, self.prev_used = self.cur_cells, self.cur_used
+        else:
+            self.prev_cells, self.prev_used = {}, 0
+        self.cur = w
+        self.cur_cells = {}
+        self.cur_used = 0
+
+    def merge(self, replica: str, w: int, p: int, n: int) -> None:
+        """Max-merge one replica's absolute cells for window w."""
+        if w > self.cur:
+            self.advance(w)
+        if w == self.cur:
+            cells, used = self.cur_cells, self.cur_used
+        elif w == self.cur - 1:
+            cells, used = self.prev_cells, self.prev_used
+        else:
+            return  # a window too old to matter
+        old_p, old_n = cells.get(replica, (0, 0))
+        new_p, new_n = max(old_p, p), max(old_n, n)
+        if (new_p, new_n) != (old_p, old_n):
+            cells[replica] = (new_p, new_n)
+            used += (new_p - old_p) - (new_n - old_n)
+            if w == self.cur:
+                self.cur_used = used
+            else:
+                self.prev_used = used
+
+
+class WindowStore:
+    """Fixed or sliding window limits for many keys, owned by one replica."""
+
+    def __init__(
+        self,
+        policy: WindowPolicy,
+        replica: str,
+        *,
+        sliding: bool,
+        max_keys: int = 1_000_000,
+    ) -> None:
+        if not replica:
+            raise InvalidParameter("replica id must be a non-empty string")
+        self.policy = policy
+        self.replica = replica
+        self.sliding = sliding
+        self.max_keys = positive_int("max_keys", max_keys)
+        self.stats = StoreStats()
+        self.bootstrapping = False
+        self._keys: dict[str, WindowState] = {}
+        self._dirty: set[str] = set()
+        self._pending: list[Delta] = []
+
+    def _window(self, now: float) -> int:
+        return int(finite_time("now", now) // self.policy.window)
+
+    def _count(self, st: WindowState, now: float) -> float:
+        # Read-only: the state may still hold an older window as current.
+        w = self._window(now)
+        if st.cur == w:
+            cur, prev = st.cur_used, st.prev_used
+        elif st.cur == w - 1:
+            cur, prev = 0, st.cur_used
+        else:
+            cur, prev = 0, 0
+        if not self.sliding:
+            return float(cur)
+        weight = 1.0 - (now - w * self.policy.window) / self.policy.window
+        return cur + prev * max(weight, 0.0)
+
+    def _state(self, key: str, now: float) -> WindowState | None:
+        st = self._keys.get(key)
+        w = self._window(now)
+        if st is not None and st.cur < w:
+            st.advance(w)
+        return st
+
+    def acquire(self, key: str, cost: int, now: float) -> float:
+        """Admit `cost` if the window has room: remaining (>= 0) or minus the shortfall."""
+        positive_int("cost", cost)
+        limit = self.policy.limit
+        st = self._state(key, now)
+        count = 0.0 if st is None else self._count(st, now)
+        left = limit - count - cost
+        if left < -1e-9:
+            return left
+        if st is None:
+            if len(self._keys) >= self.max_keys:
+                self._evict_one()
+            st = self._keys[key] = WindowState(self._window(now))
+        own_p, own_n = st.cur_cells.get(self.replica, (0, 0))
+        st.cur_cells[self.replica] = (own_p + cost, own_n)
+        st.cur_used += cost
+        self._dirty.add(key)
+        return max(left, 0.0)
+
+    def refund(self, key: str, cost: int, now: float) -> None:
+        """Give back cost admitted by this replica in the current window."""
+        positive_int("cost", cost)
+        st = self._state(key, now)
+        if st is None:
+            return
+        own_p, own_n = st.cur_cells.get(self.replica, (0, 0))
+        st.cur_cells[self.replica] = (own_p, own_n + cost)
+        st.cur_used -= cost
+        self._dirty.add(key)
+
+    def _own_entries(self, st: WindowState) -> tuple[Entry, ...]:
+        out = []
+        prev = st.prev_cells.get(self.replica)
+        if prev is not None:
+            out.append(Entry(st.cur - 1, 0.0, prev[0], prev[1]))
+        cur = st.cur_cells.get(self.replica)
+        if cur is not None:
+            out.append(Entry(st.cur, 0.0, cur[0], cur[1]))
+        return tuple(out)
+
+    def flush(self, now: float) -> list[Delta]:
+        """One Delta per key this replica changed since the last flush."""
+        out, self._pending = self._pending, []
+        for key in self._dirty:
+            st = self._keys.get(key)
+            if st is not None:
+                entries = self._own_entries(st)
+                if entries:
+                    out.append(Delta(key, self.replica, entries))
+        self._dirty.clear()
+        return out
+
+    def dirty_count(self) -> int:
+        """Keys changed since the last flush."""
+        return len(self._dirty) + len(self._pending)
+
+    def apply(self, delta: Delta, now: float) -> None:
+        """Merge a peer's Delta."""
+        if delta.replica == self.replica or not delta.entries:
+            return
+        st = self._keys.get(delta.key)
+        if st is None:
+            newest = max(e.epoch for e in delta.entries)
+            if newest < self._window(now) - 1:
+                return  # only windows that can no longer matter
+            if len(self._keys) >= self.max_keys:
+                self._evict_one()
+            st = self._keys[delta.key] = WindowState(newest)
+        for entry in delta.entries:
+            st.merge(delta.replica, entry.epoch, entry.p, entry.n)
+
+    def view(self, key: str, now: float) -> KeyView:
+        """Merged state of `key`: tokens is the room left in the window."""
+        st = self._keys.get(key)
+        if st is None:
+            return KeyView(key, float(self.policy.limit), -math.inf, 0, {}, 0)
+        totals: dict[str, int] = {}
+        for cells in (st.prev_cells, st.cur_cells):
+            for r, (p, n) in cells.items():
+                totals[r] = totals.get(r, 0) + p - n
+        contributions = {r: v for r, v in sorted(totals.items()) if v}
+        end = (self._window(now) + 1) * self.policy.window
+        return KeyView(
+            key,
+            self.policy.limit - self._count(st, now),
+            end,
+            sum(contributions.values()),
+            contributions,
+            2 if st.prev_cells else 1,
+        )
+
+    def sweep(self, now: float, budget: int = 10_000) -> int:
+        """Delete keys whose windows are all too old to matter."""
+        w = self._window(now)
+        deleted = 0
+        for key in list(self._keys)[:budget]:
+            st = self._keys[key]
+            if st.cur < w - 1 and key not in self._dirty:
+                del self._keys[key]
+                deleted += 1
+        self.stats.deleted_idle += deleted
+        return deleted
+
+    def _evict_one(self) -> None:
+        key = next(iter(self._keys))
+        st = self._keys.pop(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            entries = self._own_entries(st)
+            if entries:
+                self._pending.append(Delta(key, self.replica, entries))
+        self.stats.evicted_active += 1
+
+    def finish_bootstrap(self, now: float) -> None:
+        """Windows have no sealing, so bootstrap needs no special handling."""
+        self.bootstrapping = False
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def keys(self) -> list[str]:
+        """A snapshot of the tracked keys."""
+        return list(self._keys)
