@@ -44,7 +44,7 @@ class Epoch:
 class Extra:
     """The rarely needed part of a key: remote cells, refunds, older epochs, folded totals."""
 
-    __slots__ = ("older", "own_n", "remote", "remote_n", "sealed")
+    __slots__ = ("late", "older", "own_n", "remote", "remote_n", "sealed")
 
     def __init__(self) -> None:
         self.remote: dict[str, int] | None = None
@@ -52,6 +52,19 @@ class Extra:
         self.remote_n: dict[str, int] | None = None
         self.older: list[Epoch] = []
         self.sealed: dict[str, int] = {}
+        # replica -> (epoch, net cell) of its newest cell already folded away: makes
+        # entries arriving after their epoch was sealed idempotent (absolute values).
+        self.late: dict[str, tuple[int, int]] = {}
+
+    def fold(self, e: int, cells: dict[str, int], refunds: dict[str, int] | None) -> None:
+        """Remember a sealed epoch's cells in the totals and the late marks."""
+        fold_totals(self.sealed, cells, refunds)
+        late = self.late
+        for r in cells.keys() | (refunds.keys() if refunds else set()):
+            mark = late.get(r)
+            if mark is None or mark[0] < e:
+                net = cells.get(r, 0) - (refunds.get(r, 0) if refunds else 0)
+                late[r] = (e, net)
 
 
 class KeyState:
@@ -102,7 +115,7 @@ class KeyState:
                 x.older.append(Epoch(self.e, self.floor, cells, refunds or None, self.used))
             else:
                 x = self.extra()
-                fold_totals(x.sealed, cells, refunds)
+                x.fold(self.e, cells, refunds)
         if x is not None:
             x.remote = None
             x.own_n = 0
@@ -143,7 +156,7 @@ class KeyState:
             target = Epoch(epoch, start, {}, None, 0)
             older.insert(index, target)
         else:
-            return self._merge_late(floor, p - n, interval)
+            return self._merge_late(replica, epoch, floor, p - n, interval)
         changed = False
         if floor > target.floor:
             target.floor = floor
@@ -183,18 +196,27 @@ class KeyState:
                 remote_n[replica] = n
                 self.used -= n - old_n
 
-    def _merge_late(self, floor: float, net: int, interval: float) -> int:
+    def _merge_late(self, replica: str, epoch: int, floor: float, net: int, interval: float) -> int:
         # The epoch was sealed before this entry arrived (a delivery delay beyond
-        # `seal_after`, e.g. a broker outage or a partition). What part of it we
-        # saw is forgotten, so apply all of it as debt to every open epoch: never
-        # under-count consumption (the bound), at worst over-count one epoch's cell.
-        debt = net * interval if net > 0 else 0.0
-        x = self.x
-        if x is not None:
-            for o in x.older:
-                o.floor += debt
-        self.floor = max(self.floor + debt, floor + debt) if self.floor != NEG_INF else floor + debt
-        return max(net, 0)
+        # `seal_after`: a broker outage or a partition). Its effect can no longer be
+        # placed exactly, so the new part of the cell is applied as debt to every open
+        # epoch: consumption is never under-counted (the bound holds), at the price of
+        # counting it as if it happened after the sealed history.
+        x = self.extra()
+        mark = x.late.get(replica)
+        if mark is not None and mark[0] > epoch:
+            return 0  # older than a cell of this writer already folded: seen before
+        new = net - mark[1] if mark is not None and mark[0] == epoch else net
+        if mark is None or mark[0] < epoch or net > mark[1]:
+            x.late[replica] = (epoch, net)
+        if new <= 0:
+            return 0
+        debt = new * interval
+        for o in x.older:
+            o.floor += debt
+        self.floor = max(self.floor, floor) + debt
+        x.sealed[replica] = x.sealed.get(replica, 0) + new
+        return new
 
     def cascade(self, index: int, interval: float) -> None:
         """Propagate older[index]'s effect forward to later epochs' cascaded floors."""
@@ -219,7 +241,7 @@ class KeyState:
         older = x.older
         count = 0
         while count < len(older) and older[count].e <= seal:
-            fold_totals(x.sealed, older[count].cells, older[count].refunds)
+            x.fold(older[count].e, older[count].cells, older[count].refunds)
             count += 1
         del older[:count]
         return count

@@ -12,6 +12,7 @@ from service.errors import RateLimiterError
 # subcommand -> module holding `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "kafka": ("service.broker.cli", "run a local single-node KRaft Kafka broker"),
+    "simulate": ("service.simulate_cli", "simulate a cluster: admitted vs ideal vs bound"),
 }
 
 
