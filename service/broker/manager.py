@@ -107,7 +107,8 @@ class LocalBroker:
                         f"(pid {current.pid}); run `ratelimiter kafka down` before changing "
                         "its port"
                     )
-                _run_sync(lambda: self._wait_answering(current.pid, time.monotonic() + 10.0))
+                # It may still be starting (an `up` killed before it answered): wait for it.
+                _run_sync(lambda: self._wait_answering(current.pid))
                 return self.address
             self.pid_file.unlink(missing_ok=True)
             process.require_port_free(self.port)
@@ -117,8 +118,7 @@ class LocalBroker:
             self._format_storage(java)
             pid = self._spawn(java)
             try:
-                deadline = time.monotonic() + self.start_timeout
-                _run_sync(lambda: self._wait_answering(pid, deadline))
+                _run_sync(lambda: self._wait_answering(pid))
             except BaseException:
                 self._terminate(pid, grace=5.0)
                 self.pid_file.unlink(missing_ok=True)
@@ -244,8 +244,9 @@ class LocalBroker:
         self.pid_file.write_text(f"{pid}\n")
         return pid
 
-    async def _wait_answering(self, pid: int | None, deadline: float) -> None:
+    async def _wait_answering(self, pid: int | None) -> None:
         """Return once the admin client answers; raise if the process dies or time runs out."""
+        deadline = time.monotonic() + self.start_timeout
         while True:
             if pid is not None and not process.pid_alive(pid):
                 raise BrokerError(
