@@ -1,0 +1,173 @@
+"""The FastAPI application of a node: routes, error mapping, lifespan, the /protected fast path."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import orjson
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+from service import http_errors
+from service.errors import BadRequest
+from service.fastpath import MAX_USER_ID_BYTES, FastPath, Protector, validate_user_id
+from service.node import Node
+from service.settings import Settings
+
+
+class CheckRequest(BaseModel):
+    """POST /v1/check: may `key` spend `cost` under rule `limit` (default rule when absent)?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: StrictStr = Field(min_length=1, max_length=MAX_USER_ID_BYTES)
+    cost: StrictInt = Field(1, ge=1, le=10**12)
+    limit: StrictStr | None = Field(None, min_length=1, max_length=64)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if len(value.encode()) > MAX_USER_ID_BYTES:
+            raise ValueError(f"key is longer than {MAX_USER_ID_BYTES} bytes")
+        try:
+            return validate_user_id(value.encode())
+        except BadRequest as exc:
+            raise ValueError(str(exc).replace("X-User-ID", "key")) from None
+
+
+class CheckResponse(BaseModel):
+    """The decision, with when to retry (null: the cost can never fit) and when it is full."""
+
+    allowed: bool
+    remaining: int
+    limit: int
+    retry_after_ms: int | None
+    reset_after_ms: int
+    rule: str
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _ms(seconds: float) -> int | None:
+    return None if math.isinf(seconds) else math.ceil(seconds * 1000)
+
+
+def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
+    """The app for one node; `node` is built from `settings` unless given (tests)."""
+    node = node if node is not None else Node(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = FastAPI(
+        title="Kafka CRDT rate limiter",
+        version="0.1.0",
+        summary="Local token-bucket decisions, consumption replicated as CRDT deltas on Kafka",
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    http_errors.install(app)
+    protector = Protector(node)
+
+    @app.post(
+        "/protected",
+        responses={
+            200: {"description": "admitted"},
+            400: {"description": "missing, empty or oversized X-User-ID"},
+            429: {"description": "rate limited; see Retry-After"},
+            503: {"description": "not ready yet"},
+        },
+    )
+    async def protected(
+        request: Request,
+        x_user_id: Annotated[str | None, Header(max_length=MAX_USER_ID_BYTES)] = None,
+        x_user_tier: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Admit (200) or deny (429) one request for X-User-ID, with RateLimit headers.
+
+        Served by a raw ASGI fast path in production; this route documents it and
+        answers identically when the fast path is bypassed.
+        """
+        status, headers, body = protector.respond(list(request.headers.raw))
+        return Response(
+            body,
+            status_code=status,
+            media_type="application/json",
+            headers={k.decode(): v.decode() for k, v in headers},
+        )
+
+    @app.post("/v1/check", response_model=CheckResponse)
+    async def check(body: CheckRequest) -> Response:
+        """Decide `cost` for `key` under the named `limit` (a cost above capacity is denied)."""
+        rule = node.rules.get(body.limit) if body.limit else node.rules.default
+        decision = node.decide(body.key, body.cost, rule)
+        return _json(
+            {
+                "allowed": decision.allowed,
+                "remaining": decision.remaining,
+                "limit": decision.limit,
+                "retry_after_ms": _ms(decision.retry_after_s),
+                "reset_after_ms": _ms(decision.reset_after_s) or 0,
+                "rule": rule.name,
+            }
+        )
+
+    @app.get("/v1/keys/{key}")
+    async def key_state(
+        key: str, limit: Annotated[str | None, Query(min_length=1, max_length=64)] = None
+    ) -> Response:
+        """This node's merged view of `key`: consumption per replica and tokens now."""
+        if len(key.encode()) > MAX_USER_ID_BYTES:
+            raise BadRequest(f"key is longer than {MAX_USER_ID_BYTES} bytes")
+        rule = node.rules.get(limit) if limit else node.rules.default
+        view = node.engine.view(key, rule)
+        return _json(
+            {
+                "key": key,
+                "rule": rule.name,
+                "consumed": view.consumed,
+                "contributions": view.contributions,
+                "tokens": round(view.tokens, 6),
+                "capacity": rule.capacity,
+                "open_epochs": view.open_epochs,
+                "node": node.settings.node_id,
+                "replica": node.replica,
+            }
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        """The process is alive."""
+        return _json({"status": "ok", "node": node.settings.node_id})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """200 once bootstrapped from the state topic (at once when standalone)."""
+        body = {
+            "ready": node.ready,
+            "node": node.settings.node_id,
+            "replica": node.replica,
+            "standalone": node.settings.standalone,
+        }
+        if node.fatal:
+            body["error"] = node.fatal
+        return _json(body, 200 if node.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(FastPath, protector=protector)
+    return app

@@ -1,0 +1,135 @@
+"""Prometheus metrics of one node, in a registry of its own (several nodes per process in tests)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("ratelimiter.metrics")
+
+_DECISION_BUCKETS = (
+    0.000005,
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+)
+_LAG_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Every metric a node exports; `render()` is the /metrics body."""
+
+    def __init__(self, node_id: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decisions = Counter(
+            "ratelimiter_decisions",
+            "Decisions by rule and outcome (admitted, denied, shadow_denied)",
+            ["rule", "outcome"],
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "ratelimiter_decision_seconds",
+            "Time to decide one request, sampled (1 in `sample` requests)",
+            buckets=_DECISION_BUCKETS,
+            registry=r,
+        )
+        self.sync_lag = Histogram(
+            "ratelimiter_sync_lag_seconds",
+            "From admission on a peer (its previous flush) to merged here",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.records_produced = Counter(
+            "ratelimiter_records_produced",
+            "Records published to the state topic",
+            ["kind"],
+            registry=r,
+        )
+        self.records_consumed = Counter(
+            "ratelimiter_records_consumed", "Records read from the state topic", registry=r
+        )
+        self.deltas_applied = Counter(
+            "ratelimiter_deltas_applied", "Peer key deltas merged", registry=r
+        )
+        self.poison = Counter(
+            "ratelimiter_poison_records",
+            "Records skipped as unusable, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "ratelimiter_publish_failures", "Flushes the broker did not acknowledge", registry=r
+        )
+        self.buffered = Gauge(
+            "ratelimiter_buffered_deltas",
+            "Keys admitted here and not yet acknowledged by Kafka",
+            registry=r,
+        )
+        self.buffer_limit = Gauge(
+            "ratelimiter_buffered_deltas_limit", "Most keys buffered before folding", registry=r
+        )
+        self.bootstrap_seconds = Gauge(
+            "ratelimiter_bootstrap_seconds",
+            "Time to read the state topic to its end at start",
+            registry=r,
+        )
+        self.bootstrap_records = Gauge(
+            "ratelimiter_bootstrap_records", "Records read during bootstrap", registry=r
+        )
+        self.ready = Gauge("ratelimiter_ready", "1 once bootstrapped", registry=r)
+        self.broker_up = Gauge(
+            "ratelimiter_broker_up", "1 while the last publish or fetch succeeded", registry=r
+        )
+        self.info = Gauge(
+            "ratelimiter_node_info", "Node identity", ["node_id", "replica"], registry=r
+        )
+        self._node_id = node_id
+        self._logged_poison: set[str] = set()
+
+    def watch(self, name: str, read: Callable[[], dict[str, float]], help_text: str) -> None:
+        """Export values computed at scrape time (tracked keys, evictions, ...)."""
+        self.registry.register(_Callback(name, read, help_text))
+
+    def poison_record(self, kind: str, message: str) -> None:
+        """Count a skipped record; log the first of each kind."""
+        self.poison.labels(kind).inc()
+        if kind not in self._logged_poison:
+            self._logged_poison.add(kind)
+            log.warning(
+                "skipping poison record (%s): %s; further ones are only counted", kind, message
+            )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+
+class _Callback(Collector):
+    def __init__(self, name: str, read: Callable[[], dict[str, float]], help_text: str) -> None:
+        self._name = name
+        self._read = read
+        self._help = help_text
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        values = self._read()
+        if self._name.endswith("_total"):
+            family: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily(
+                self._name[: -len("_total")], self._help, labels=["kind"]
+            )
+        else:
+            family = GaugeMetricFamily(self._name, self._help, labels=["kind"])
+        for kind, value in values.items():
+            family.add_metric([kind], value)
+        yield family

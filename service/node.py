@@ -1,0 +1,217 @@
+"""One node wired together: rules, engine, metrics and (unless standalone) Kafka sync."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from crdt.policy import SyncTiming
+from service.clock import Clock, system_clock
+from service.engine import Decision, Engine
+from service.errors import RateLimiterError, TopicConfigMismatch, Unavailable
+from service.metrics import Metrics
+from service.partitioner import partition_for_user
+from service.rules import Rule, default_rule, load_rules
+from service.settings import Settings
+from service.statelog import KafkaStateLog, StateLog
+from service.sync import Replicator
+from service.topic import ensure_topic
+
+log = logging.getLogger("ratelimiter.node")
+
+SWEEP_INTERVAL_S = 0.25
+SWEEP_BUDGET = 20_000
+RETRY_S = 1.0
+
+
+def new_incarnation() -> str:
+    """A fresh id for this process start: peers never confuse it with an earlier run."""
+    return f"{int(time.time()):x}{secrets.token_hex(3)}"
+
+
+class Node:
+    """Decides locally; replicates through Kafka when `settings.kafka` is not `none`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock = system_clock,
+        statelog_factory: Callable[[Settings, str], StateLog] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.replica = f"{settings.node_id}/{new_incarnation()}"
+        fallback = default_rule(
+            settings.algorithm, settings.rate, settings.burst, settings.window_s
+        )
+        self.rules = load_rules(settings.rules, fallback)
+        timing = SyncTiming(settings.epoch_ms / 1000, settings.seal_ms / 1000)
+        self.engine = Engine(self.rules, self.replica, clock, timing, settings.max_keys)
+        self.metrics = Metrics(settings.node_id)
+        self.metrics.info.labels(settings.node_id, self.replica).set(1)
+        self._statelog_factory = statelog_factory or _kafka_statelog
+        self.statelog: StateLog | None = None
+        self.replicator: Replicator | None = None
+        self.ready = False
+        self.fatal: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._counters = {
+            (rule.name, outcome): self.metrics.decisions.labels(rule.name, outcome)
+            for rule in self.rules.all()
+            for outcome in ("admitted", "denied", "shadow_denied")
+        }
+        self.metrics.watch("ratelimiter_tracked_keys", self._tracked, "Keys held, by rule")
+        self.metrics.watch(
+            "ratelimiter_store_events_total", self._store_events, "Key store events by kind"
+        )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start background work; readiness follows once bootstrapped (or at once standalone)."""
+        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweep"))
+        if self.settings.standalone:
+            self._set_ready()
+            return
+        self._tasks.append(asyncio.create_task(self._connect(), name="connect"))
+
+    async def stop(self) -> None:
+        """Stop background work; publish what was admitted before disconnecting."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.replicator is not None:
+            await self.replicator.stop()
+        if self.statelog is not None:
+            await self.statelog.stop()
+        self.ready = False
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Return once ready; raise Unavailable after `timeout_s` (or at a fatal error)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready:
+            if self.fatal is not None:
+                raise Unavailable(self.fatal)
+            if time.monotonic() > deadline:
+                raise Unavailable(f"not ready after {timeout_s}s")
+            await asyncio.sleep(0.01)
+
+    def _set_ready(self) -> None:
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("node %s ready (replica %s)", self.settings.node_id, self.replica)
+
+    async def _connect(self) -> None:
+        s = self.settings
+        while True:
+            try:
+                await ensure_topic(s.kafka, s.topic, s.partitions)
+                break
+            except TopicConfigMismatch as exc:
+                self.fatal = str(exc)
+                log.error("%s", exc)
+                return
+            except RateLimiterError as exc:
+                log.warning("waiting for Kafka at %s: %s", s.kafka, exc)
+                await asyncio.sleep(RETRY_S)
+        statelog = self.statelog = self._statelog_factory(s, self.replica)
+        while True:
+            try:
+                await statelog.start()
+                break
+            except RateLimiterError as exc:
+                log.warning("waiting for Kafka at %s: %s", s.kafka, exc)
+                await asyncio.sleep(RETRY_S)
+        partitions = statelog.partitions
+        replicator = Replicator(
+            self.engine,
+            statelog,
+            self.metrics,
+            self.clock,
+            lambda user: partition_for_user(user, partitions),
+            flush_s=s.flush_ms / 1000,
+            snapshot_s=s.snapshot_ms / 1000,
+            max_buffered=s.max_keys,
+        )
+        await replicator.bootstrap(s.bootstrap_timeout_s)
+        self.replicator = replicator
+        self.metrics.broker_up.set(1)
+        replicator.start()
+        self._set_ready()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                self.engine.sweep(self.clock(), SWEEP_BUDGET)
+            except Exception:
+                log.exception("sweep failed")
+
+    # -- decisions -------------------------------------------------------------
+
+    def decide(self, key: str, cost: int, rule: Rule) -> Decision:
+        """Decide and count one request."""
+        if not self.ready:
+            raise Unavailable("the node is still reading the state topic (see /readyz)")
+        decision = self.engine.decide(key, cost, rule)
+        if decision.shadow_denied:
+            outcome = "shadow_denied"
+        else:
+            outcome = "admitted" if decision.allowed else "denied"
+        self._counters[(rule.name, outcome)].inc()
+        return decision
+
+    # -- metrics callbacks -----------------------------------------------------
+
+    def _tracked(self) -> dict[str, float]:
+        return {name: float(len(lim)) for name, lim in self.engine.limiters.items()}
+
+    def _store_events(self) -> dict[str, float]:
+        totals = {
+            "deleted_idle": 0.0,
+            "evicted_active": 0.0,
+            "late_entries": 0.0,
+            "late_cost": 0.0,
+            "sealed_epochs": 0.0,
+        }
+        for lim in self.engine.limiters.values():
+            st = lim.stats
+            totals["deleted_idle"] += st.deleted_idle
+            totals["evicted_active"] += st.evicted_active
+            totals["late_entries"] += st.late_entries
+            totals["late_cost"] += st.late_cost
+            totals["sealed_epochs"] += st.sealed_epochs
+        if self.replicator is not None:
+            totals["buffer_folded_keys"] = float(self.replicator.folded_keys)
+        return totals
+
+
+def _kafka_statelog(settings: Settings, replica: str) -> StateLog:
+    return KafkaStateLog(
+        settings.kafka,
+        settings.topic,
+        settings.partitions,
+        client_id=f"ratelimiter-{settings.node_id}",
+        linger_ms=max(1, int(settings.flush_ms / 4)),
+    )

@@ -1,0 +1,146 @@
+"""Limit rules: the default limit, rules matched by key prefix or tier, named limits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.errors import ConfigError, UnknownRule
+
+RULE_NAME = r"^[A-Za-z0-9._-]{1,64}$"
+DEFAULT_RULE = "default"
+
+
+class Rule(BaseModel):
+    """One limit: a token bucket (rate, burst) or a window (limit per window_s)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=RULE_NAME)
+    algorithm: Literal["token_bucket", "sliding_window", "fixed_window"] = "token_bucket"
+    rate: float | None = Field(None, gt=0, allow_inf_nan=False)
+    burst: int | None = Field(None, ge=1, le=10**12)
+    limit: int | None = Field(None, ge=1, le=10**12)
+    window_s: float | None = Field(None, gt=0, le=86_400 * 366, allow_inf_nan=False)
+    prefix: str | None = Field(None, min_length=1, max_length=256)
+    tier: str | None = Field(None, min_length=1, max_length=64)
+    shadow: bool = False
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        if self.algorithm == "token_bucket":
+            if self.rate is None or self.burst is None:
+                raise ValueError("a token_bucket rule needs rate and burst")
+            if self.limit is not None or self.window_s is not None:
+                raise ValueError("limit and window_s belong to window rules")
+        else:
+            if self.limit is None or self.window_s is None:
+                raise ValueError(f"a {self.algorithm} rule needs limit and window_s")
+            if self.rate is not None or self.burst is not None:
+                raise ValueError("rate and burst belong to token_bucket rules")
+        if self.prefix is not None and self.tier is not None:
+            raise ValueError("match by prefix or by tier, not both")
+        return self
+
+    @property
+    def capacity(self) -> int:
+        """Most cost admitted at once: burst, or the window's limit."""
+        value = self.burst if self.algorithm == "token_bucket" else self.limit
+        assert value is not None
+        return value
+
+    @property
+    def window(self) -> float:
+        """Seconds over which `capacity` is granted (a bucket refills fully in burst/rate)."""
+        if self.algorithm == "token_bucket":
+            assert self.rate is not None
+            assert self.burst is not None
+            return self.burst / self.rate
+        assert self.window_s is not None
+        return self.window_s
+
+
+class RuleSet(BaseModel):
+    """The default rule plus named rules; the first matching rule applies to a user."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    default: Rule
+    rules: tuple[Rule, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        names = [self.default.name, *(r.name for r in self.rules)]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique, repeated: {', '.join(duplicates)}")
+        if self.default.prefix is not None or self.default.tier is not None:
+            raise ValueError("the default rule applies to everyone: no prefix or tier")
+        return self
+
+    def all(self) -> tuple[Rule, ...]:
+        """Every rule, default first."""
+        return (self.default, *self.rules)
+
+    def get(self, name: str) -> Rule:
+        """A rule by name, or UnknownRule."""
+        for rule in self.all():
+            if rule.name == name:
+                return rule
+        raise UnknownRule(f"no rule named {name!r}; known: {', '.join(r.name for r in self.all())}")
+
+    def match(self, user: str, tier: str | None = None) -> Rule:
+        """The rule for a user: first prefix or tier match, else the default."""
+        for rule in self.rules:
+            if rule.prefix is not None and user.startswith(rule.prefix):
+                return rule
+            if rule.tier is not None and tier == rule.tier:
+                return rule
+        return self.default
+
+
+def default_rule(algorithm: str, rate: float, burst: int, window_s: float) -> Rule:
+    """The default rule from the node's --algorithm/--rate/--burst/--window-s settings."""
+    if algorithm == "token_bucket":
+        return Rule(name=DEFAULT_RULE, rate=rate, burst=burst)
+    return Rule.model_validate(
+        {"name": DEFAULT_RULE, "algorithm": algorithm, "limit": burst, "window_s": window_s}
+    )
+
+
+def parse_rules(data: Any, fallback_default: Rule, source: str = "rules") -> RuleSet:
+    """Validate a parsed rules document; ConfigError explains what is wrong and where."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping with 'default' and 'rules'")
+    document = dict(data)
+    if "default" in document and isinstance(document["default"], Mapping):
+        document["default"] = {"name": DEFAULT_RULE, **document["default"]}
+    else:
+        document.setdefault("default", fallback_default)
+    try:
+        return RuleSet.model_validate(document)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "document"
+            problems.append(f"{where}: {error['msg']}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from exc
+
+
+def load_rules(path: Path | None, fallback_default: Rule) -> RuleSet:
+    """The rules file at `path` (YAML), or just the default rule."""
+    if path is None:
+        return RuleSet(default=fallback_default)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"rules file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"rules file {path}: not valid YAML: {exc}") from exc
+    return parse_rules(data, fallback_default, source=f"rules file {path}")

@@ -1,0 +1,47 @@
+"""`ratelimiter serve`: run one node (flags mirror the settings; RATELIMITER_* work too)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings, load_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, e.g. --node-id, --kafka, --rate, --burst, --flush-ms."""
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else default
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"env RATELIMITER_{name.upper()} (default: {shown})",
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate settings, build the app and serve it until interrupted."""
+    values = {name: getattr(args, name) for name in Settings.model_fields}
+    settings = load_settings(**values)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s {settings.node_id} %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0

@@ -1,0 +1,100 @@
+"""Node settings: flags, RATELIMITER_* environment variables and defaults, validated once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import ConfigError
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+FailMode = Literal["local", "share", "closed"]
+
+
+class Settings(BaseSettings):
+    """Everything a node needs; each field is also RATELIMITER_<NAME> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RATELIMITER_", extra="forbid")
+
+    node_id: str = "node-1"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    kafka: str = "none"
+    rate: float = Field(10.0, gt=0, allow_inf_nan=False)
+    burst: int = Field(20, ge=1)
+    algorithm: Literal["token_bucket", "sliding_window", "fixed_window"] = "token_bucket"
+    window_s: float = Field(1.0, gt=0, allow_inf_nan=False)
+    flush_ms: float = Field(20.0, gt=0, le=10_000, allow_inf_nan=False)
+    snapshot_ms: float = Field(1000.0, gt=0, le=600_000, allow_inf_nan=False)
+    partitions: int = Field(12, ge=1, le=10_000)
+    topic: str = Field("ratelimiter.state", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    rules: Path | None = None
+    max_keys: int = Field(1_000_000, ge=1)
+    epoch_ms: float = Field(1000.0, gt=0, allow_inf_nan=False)
+    seal_ms: float = Field(3000.0, gt=0, allow_inf_nan=False)
+    fail_mode: FailMode = "local"
+    bootstrap_timeout_s: float = Field(120.0, gt=0, allow_inf_nan=False)
+    admin_token: SecretStr | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if not _NODE_ID.match(value):
+            raise ValueError("use 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("kafka")
+    @classmethod
+    def _kafka(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() == "none":
+            return "none"
+        for part in value.split(","):
+            if not _HOST_PORT.match(part.strip()):
+                raise ValueError("use HOST:PORT[,HOST:PORT...] or 'none'")
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _rules(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @property
+    def standalone(self) -> bool:
+        """True when the node runs without Kafka."""
+        return self.kafka == "none"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from overrides (flags) over RATELIMITER_* variables over defaults.
+
+    Raises ConfigError naming the setting, its flag and its variable.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "settings"
+            flag = "--" + name.replace("_", "-")
+            problems.append(
+                f"{name} ({flag} / RATELIMITER_{name.upper()}): {error['msg']}"
+                f" (got {error.get('input')!r})"
+            )
+        raise ConfigError("invalid setting " + "; ".join(problems)) from exc
+    if settings.seal_ms <= settings.epoch_ms:
+        raise ConfigError(
+            f"invalid setting seal_ms (--seal-ms / RATELIMITER_SEAL_MS): must exceed "
+            f"epoch_ms ({settings.epoch_ms}), got {settings.seal_ms}"
+        )
+    return settings

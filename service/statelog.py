@@ -1,0 +1,213 @@
+"""The state topic as a port: publish records, read every partition; Kafka and in-memory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from service.errors import RateLimiterError
+
+
+class PublishFailed(RateLimiterError):
+    """Some records were not acknowledged by the log; they must be sent again."""
+
+
+class OutRecord(NamedTuple):
+    """A record to publish: key, value (None is a tombstone), partition."""
+
+    key: bytes
+    value: bytes | None
+    partition: int
+
+
+class LogRecord(NamedTuple):
+    """A record read back."""
+
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+class StateLog(Protocol):
+    """A partitioned, ordered-per-partition log with every partition read by every node."""
+
+    partitions: int
+
+    async def start(self) -> None:
+        """Connect; reading starts at the beginning of every partition."""
+        ...
+
+    async def stop(self) -> None:
+        """Disconnect (after publishing what was handed to `publish`)."""
+        ...
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        """Return once every record is acknowledged, else raise PublishFailed."""
+        ...
+
+    async def end_offsets(self) -> dict[int, int]:
+        """The next offset to be written, per partition."""
+        ...
+
+    async def positions(self) -> dict[int, int]:
+        """The next offset this reader will return, per partition."""
+        ...
+
+    async def fetch(self, timeout_s: float, max_records: int) -> list[LogRecord]:
+        """Records after the current positions (possibly none once `timeout_s` passes)."""
+        ...
+
+
+class KafkaStateLog:
+    """The state topic on Kafka: an idempotent producer and a group-less consumer that is
+    assigned all partitions (every node reads everything)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        partitions: int,
+        client_id: str,
+        *,
+        linger_ms: int = 5,
+        request_timeout_ms: int = 5000,
+        security: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self._tps = [TopicPartition(topic, p) for p in range(partitions)]
+        extra = security or {}
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=f"{client_id}-producer",
+            enable_idempotence=True,  # implies acks=all; retries never duplicate or reorder
+            linger_ms=linger_ms,
+            max_batch_size=1 << 20,
+            max_request_size=8 << 20,
+            request_timeout_ms=request_timeout_ms,
+            **extra,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id=f"{client_id}-consumer",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=8 << 20,
+            request_timeout_ms=max(request_timeout_ms, 10_000),
+            **extra,
+        )
+        self._send_timeout = request_timeout_ms / 1000 * 2
+
+    async def start(self) -> None:
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+        except KafkaError as exc:
+            await self.stop()
+            raise PublishFailed(f"cannot connect to Kafka: {exc}") from exc
+        self._consumer.assign(self._tps)
+        await self._consumer.seek_to_beginning(*self._tps)
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+        await self._consumer.stop()
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                futures = [
+                    await self._producer.send(
+                        self.topic, value=r.value, key=r.key, partition=r.partition
+                    )
+                    for r in records
+                ]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+        except (KafkaError, TimeoutError) as exc:
+            raise PublishFailed(f"publishing {len(records)} records failed: {exc!r}") from exc
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise PublishFailed(f"{len(failed)} of {len(records)} records failed: {failed[0]!r}")
+
+    async def end_offsets(self) -> dict[int, int]:
+        offsets = await self._consumer.end_offsets(self._tps)
+        return {tp.partition: int(offset) for tp, offset in offsets.items()}
+
+    async def positions(self) -> dict[int, int]:
+        # Compaction leaves gaps in offsets, so the consumer's position (not a count of
+        # records read) says how far a partition has been read.
+        return {tp.partition: int(await self._consumer.position(tp)) for tp in self._tps}
+
+    async def fetch(self, timeout_s: float, max_records: int) -> list[LogRecord]:
+        batches = await self._consumer.getmany(
+            timeout_ms=int(timeout_s * 1000), max_records=max_records
+        )
+        out: list[LogRecord] = []
+        for tp, records in batches.items():
+            for r in records:
+                out.append(LogRecord(r.key, r.value, tp.partition, r.offset, r.timestamp))
+        return out
+
+
+class MemoryLog:
+    """An in-process log shared by MemoryStateLog clients: the fake for unit tests."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions: list[list[LogRecord]] = [[] for _ in range(partitions)]
+        self.available = True
+        self.clock_ms = 0
+
+    def append(self, record: OutRecord) -> None:
+        """Append one record to its partition."""
+        log = self.partitions[record.partition]
+        self.clock_ms += 1
+        log.append(LogRecord(record.key, record.value, record.partition, len(log), self.clock_ms))
+
+
+class MemoryStateLog:
+    """A StateLog over a MemoryLog; `log.available = False` simulates an outage."""
+
+    def __init__(self, log: MemoryLog) -> None:
+        self.log = log
+        self.partitions = len(log.partitions)
+        self._positions = dict.fromkeys(range(self.partitions), 0)
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        if not self.log.available:
+            raise PublishFailed("memory log unavailable")
+        for record in records:
+            if not 0 <= record.partition < self.partitions:
+                raise PublishFailed(f"no partition {record.partition}")
+            self.log.append(record)
+
+    async def end_offsets(self) -> dict[int, int]:
+        return {p: len(records) for p, records in enumerate(self.log.partitions)}
+
+    async def positions(self) -> dict[int, int]:
+        return dict(self._positions)
+
+    async def fetch(self, timeout_s: float, max_records: int) -> list[LogRecord]:
+        out: list[LogRecord] = []
+        if self.log.available:
+            for p, records in enumerate(self.log.partitions):
+                start = self._positions[p]
+                chunk = records[start : start + max_records - len(out)]
+                out.extend(chunk)
+                self._positions[p] = start + len(chunk)
+        if not out:
+            await asyncio.sleep(min(timeout_s, 0.005))  # an idle poll waits, as Kafka's does
+        return out
