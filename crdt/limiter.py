@@ -38,6 +38,15 @@ class Limiter(Protocol):
         """Keys waiting to be flushed."""
         ...
 
+    def delta_for(self, key: str, since_epoch: int) -> Delta | None:
+        """This replica's state of one key, for snapshots and republishing."""
+        ...
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch of the latest time seen."""
+        ...
+
     def apply(self, delta: Delta, now: float) -> None:
         """Merge a peer's delta."""
         ...

@@ -164,6 +164,20 @@ class BucketStore:
         self._dirty.clear()
         return out
 
+    def delta_for(self, key: str, since_epoch: int) -> Delta | None:
+        """This replica's cells of `key` in epochs >= since_epoch (older ones live in the
+        first entry's cascaded floor), or None when it holds none."""
+        st = self._keys.get(key)
+        if st is None:
+            return None
+        entries = tuple(Entry(*t) for t in st.own_entries(self.replica, since_epoch))
+        return Delta(key, self.replica, entries) if entries else None
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch of the last time this store saw."""
+        return self._e_now
+
     def dirty_count(self) -> int:
         """Keys changed since the last flush."""
         return len(self._dirty) + len(self._pending)

@@ -158,6 +158,19 @@ class WindowStore:
         self._dirty.clear()
         return out
 
+    def delta_for(self, key: str, since_epoch: int) -> Delta | None:
+        """This replica's cells of `key` in the windows that still matter."""
+        st = self._keys.get(key)
+        if st is None:
+            return None
+        entries = self._own_entries(st)
+        return Delta(key, self.replica, entries) if entries else None
+
+    @property
+    def current_epoch(self) -> int:
+        """Windows are their own epochs; callers pass it back to delta_for, which ignores it."""
+        return 0
+
     def dirty_count(self) -> int:
         """Keys changed since the last flush."""
         return len(self._dirty) + len(self._pending)
