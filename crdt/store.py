@@ -117,7 +117,8 @@ class BucketStore:
         tat = st.floor + st.used * interval
         base = now if tat < now else tat
         after = base + cost * interval - now
-        if after <= self._cap_time:
+        # The cost test matters when EPS_TIME * rate >= 1 token (rates >= 1e7/s).
+        if after <= self._cap_time and cost <= self._capacity:
             if tat < now:
                 st.floor = now - st.used * interval
             st.used += cost
