@@ -65,7 +65,8 @@ class BucketStore:
         self._interval = policy.interval
         self._rate = policy.rate
         self._capacity = policy.capacity
-        self._cap_time = policy.capacity * policy.interval + EPS_TIME
+        self._cap_time = policy.capacity * policy.interval
+        self._cap_limit = self._cap_time + EPS_TIME
         self._epoch_width = self.timing.epoch
         self._seal_after = self.timing.seal_after
         self._e_now = 0
@@ -118,15 +119,15 @@ class BucketStore:
         base = now if tat < now else tat
         after = base + cost * interval - now
         # The cost test matters when EPS_TIME * rate >= 1 token (rates >= 1e7/s).
-        if after <= self._cap_time and cost <= self._capacity:
+        if after <= self._cap_limit and cost <= self._capacity:
             if tat < now:
                 st.floor = now - st.used * interval
             st.used += cost
             st.own += cost
             self._dirty.add(key)
-            left = (self._cap_time - EPS_TIME - after) * self._rate
+            left = (self._cap_time - after) * self._rate
             return left if left > 0.0 else 0.0
-        return (self._cap_time - EPS_TIME - after) * self._rate
+        return (self._cap_time - after) * self._rate
 
     def refund(self, key: str, cost: int, now: float) -> None:
         """Give back `cost` tokens this replica admitted earlier (a PN-counter decrement)."""

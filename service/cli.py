@@ -11,6 +11,7 @@ from service.errors import RateLimiterError
 
 # subcommand -> module holding `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("service.up_cli", "the main job: a local broker and a 3-node cluster"),
     "serve": ("service.serve_cli", "run one rate limiter node"),
     "kafka": ("service.broker.cli", "run a local single-node KRaft Kafka broker"),
     "simulate": ("service.simulate_cli", "simulate a cluster: admitted vs ideal vs bound"),

@@ -65,7 +65,8 @@ class Engine:
         result = limiter.acquire(key, cost, now)
         allowed = result >= 0
         retry, reset = timing(limiter, key, result, cost, now)
-        remaining = math.floor(result if allowed else max(result + cost, 0.0))
+        # +1e-9: 19.999999999999996 tokens left after float rounding is 20, not 19.
+        remaining = math.floor((result if allowed else max(result + cost, 0.0)) + 1e-9)
         if not allowed and rule.shadow:
             return Decision(True, remaining, rule.capacity, 0.0, reset, rule, True)
         return Decision(allowed, remaining, rule.capacity, retry, reset, rule, False)

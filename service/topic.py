@@ -30,9 +30,11 @@ STATE_TOPIC_CONFIG: Mapping[str, str] = {
     # 7 days, 1 GiB) so the uncompacted tail a new node replays stays bounded.
     "segment.ms": "600000",
     "segment.bytes": "67108864",
-    # Readers only need the latest value per key (max-merge of absolute values), so records
-    # may be compacted away at once; but force a clean at least hourly when traffic is low.
-    "min.compaction.lag.ms": "0",
+    # Batch records (keyed by writer and partition) are superseded by the next flush's,
+    # but the keys they carry are only rewritten as key records at the next snapshot
+    # (every second by default): keep every record at least a minute so a bootstrapping
+    # node never misses consumption. Force a clean at least hourly when traffic is low.
+    "min.compaction.lag.ms": "60000",
     "max.compaction.lag.ms": "3600000",
     # Tombstones of deleted idle keys stay a day, so a node offline for less still sees them.
     "delete.retention.ms": "86400000",
