@@ -1,0 +1,93 @@
+"""Helpers for the service tests: waiting with a deadline, a settable clock, test nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from service.node import Node
+from service.settings import Settings, load_settings
+from service.statelog import MemoryLog, MemoryStateLog, StateLog
+
+# Cluster seconds (since 2025-01-01) where frozen-clock tests live.
+T0 = 1_000.0
+
+
+async def wait_for(
+    predicate: Callable[[], bool], within: float = 5.0, what: str = "condition"
+) -> None:
+    """Return once `predicate()` holds; fail the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+class ManualClock:
+    """A cluster clock that only moves when told: `clock.t = ...` or `clock.advance(s)`."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.t += seconds
+
+
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every RATELIMITER_* variable so defaults are what the test sees."""
+    for name in list(os.environ):
+        if name.upper().startswith("RATELIMITER_"):
+            monkeypatch.delenv(name)
+
+
+def standalone_settings(**overrides: Any) -> Settings:
+    """Settings of a node without Kafka."""
+    return load_settings(**{"kafka": "none", **overrides})
+
+
+def unique_topic(label: str) -> str:
+    """A topic name no other test uses."""
+    return f"test.{label}.{uuid.uuid4().hex[:12]}"
+
+
+async def _no_topic(*args: Any, **kwargs: Any) -> None:
+    """Stands in for `ensure_topic` when the log is in memory."""
+
+
+def use_memory_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let nodes with `kafka` set connect without a broker (their log is a MemoryLog)."""
+    monkeypatch.setattr("service.node.ensure_topic", _no_topic)
+
+
+def memory_factory(log: MemoryLog) -> Callable[[Settings, str], StateLog]:
+    """A Node statelog_factory giving every node a reader of the shared `log`."""
+    return lambda settings, replica: MemoryStateLog(log)
+
+
+def memory_node(log: MemoryLog, clock: Callable[[], float], node_id: str, **overrides: Any) -> Node:
+    """A replicating node on the in-memory log (call `use_memory_topics` first)."""
+    values: dict[str, Any] = {
+        "kafka": "127.0.0.1:1",
+        "node_id": node_id,
+        "partitions": len(log.partitions),
+        "flush_ms": 5,
+        **overrides,
+    }
+    return Node(load_settings(**values), clock=clock, statelog_factory=memory_factory(log))
+
+
+def sample(node: Node, name: str, **labels: str) -> float:
+    """A metric's current value in `node`'s registry (0 when never set)."""
+    value = node.metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
