@@ -91,7 +91,10 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     )
     async def protected(
         request: Request,
-        x_user_id: Annotated[str | None, Header(max_length=MAX_USER_ID_BYTES)] = None,
+        # Documented only: the Protector validates it, so a bad id is 400 as on the fast path.
+        x_user_id: Annotated[
+            str | None, Header(description=f"1-{MAX_USER_ID_BYTES} bytes of UTF-8")
+        ] = None,
         x_user_tier: Annotated[str | None, Header()] = None,
     ) -> Response:
         """Admit (200) or deny (429) one request for X-User-ID, with RateLimit headers.
