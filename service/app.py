@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -14,7 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 
 from service import http_errors
 from service.errors import BadRequest
-from service.fastpath import MAX_USER_ID_BYTES, FastPath, Protector, validate_user_id
+from service.fastpath import (
+    MAX_USER_ID_BYTES,
+    FastPath,
+    Protector,
+    ceil_ms,
+    validate_user_id,
+)
 from service.node import Node
 from service.settings import Settings
 
@@ -52,10 +57,6 @@ class CheckResponse(BaseModel):
 
 def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _ms(seconds: float) -> int | None:
-    return None if math.isinf(seconds) else math.ceil(seconds * 1000)
 
 
 def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
@@ -120,8 +121,8 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
                 "allowed": decision.allowed,
                 "remaining": decision.remaining,
                 "limit": decision.limit,
-                "retry_after_ms": _ms(decision.retry_after_s),
-                "reset_after_ms": _ms(decision.reset_after_s) or 0,
+                "retry_after_ms": ceil_ms(decision.retry_after_s),
+                "reset_after_ms": ceil_ms(decision.reset_after_s) or 0,
                 "rule": rule.name,
             }
         )

@@ -28,23 +28,36 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_USER_ID_BYTES = 256
 SAMPLE_EVERY = 16  # decision latency is observed for 1 request in 16
+# Durations are differences of clock readings and carry float noise (2.0000000000000226 s
+# for an empty bucket of 20 at 10/s): rounding up must not turn that into 3 s or 2001 ms.
+_NOISE_S = 1e-6
+
+
+def ceil_seconds(seconds: float) -> int:
+    """Whole seconds rounded up, ignoring float noise below a microsecond."""
+    return math.ceil(seconds - _NOISE_S)
+
+
+def ceil_ms(seconds: float) -> int | None:
+    """Milliseconds rounded up (None for never), ignoring float noise below a microsecond."""
+    return None if math.isinf(seconds) else math.ceil((seconds - _NOISE_S) * 1000)
 
 
 def policy_header(rule: Rule) -> bytes:
     """`RateLimit-Policy` (IETF httpapi ratelimit-headers): quota q per window w seconds."""
-    return f'"{rule.name}";q={rule.capacity};w={max(1, math.ceil(rule.window))}'.encode()
+    return f'"{rule.name}";q={rule.capacity};w={max(1, ceil_seconds(rule.window))}'.encode()
 
 
 def ratelimit_headers(decision: Decision, policy: bytes) -> list[tuple[bytes, bytes]]:
     """RateLimit-Policy, RateLimit (remaining r, seconds to full t), on 429 Retry-After."""
-    reset = max(0, math.ceil(decision.reset_after_s))
+    reset = max(0, ceil_seconds(decision.reset_after_s))
     headers = [
         (b"ratelimit-policy", policy),
         (b"ratelimit", f'"{decision.rule.name}";r={decision.remaining};t={reset}'.encode()),
     ]
     if not decision.allowed:
         retry = decision.retry_after_s
-        seconds = 86_400 if math.isinf(retry) else max(1, math.ceil(retry))
+        seconds = 86_400 if math.isinf(retry) else max(1, ceil_seconds(retry))
         headers.append((b"retry-after", str(seconds).encode()))
     return headers
 
@@ -125,14 +138,10 @@ class Protector:
                 "remaining": decision.remaining,
                 "error": "rate_limited",
                 "message": f"rate limit exceeded for {user!r}",
-                "retry_after_ms": _ms(decision.retry_after_s),
+                "retry_after_ms": ceil_ms(decision.retry_after_s),
             }
         )
         return 429, headers, body
-
-
-def _ms(seconds: float) -> int | None:
-    return None if math.isinf(seconds) else math.ceil(seconds * 1000)
 
 
 class FastPath:
