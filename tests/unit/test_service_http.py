@@ -46,7 +46,8 @@ def build_app(clock: ManualClock, rules: Path, *, fast_path: bool = True) -> Fas
     app = create_app(settings, Node(settings, clock=clock))
     if not fast_path:
         # Serve /protected through the documented FastAPI route instead of the fast path.
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not FastPath]
+        fast: object = FastPath  # the middleware's class, as Starlette stores it untyped
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not fast]
     return app
 
 
