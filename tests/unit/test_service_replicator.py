@@ -1,0 +1,298 @@
+"""Replication between nodes through an in-memory state log: sync, bootstrap, outage, poison."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+
+from crdt.delta import Delta, Entry
+from crdt.policy import SyncTiming
+from service import codec
+from service.clock import to_unix_ms
+from service.engine import Engine
+from service.errors import Unavailable
+from service.node import Node
+from service.partitioner import partition_for_user
+from service.rules import RuleSet, default_rule
+from service.statelog import MemoryLog, OutRecord
+from tests.service_helpers import (
+    ManualClock,
+    clean_env,
+    memory_node,
+    sample,
+    use_memory_topics,
+    wait_for,
+)
+
+PARTITIONS = 4
+BURST = 20
+
+StartNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture(autouse=True)
+def _memory_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_env(monkeypatch)
+    use_memory_topics(monkeypatch)
+
+
+@pytest.fixture
+def log() -> MemoryLog:
+    return MemoryLog(PARTITIONS)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def nodes(log: MemoryLog, clock: ManualClock) -> AsyncIterator[StartNode]:
+    """Start nodes on the shared log; every one still running is stopped at the end."""
+    async with AsyncExitStack() as stack:
+
+        async def start(node_id: str, **overrides: Any) -> Node:
+            node = memory_node(log, clock, node_id, **overrides)
+            await node.start()
+            stack.push_async_callback(node.stop)
+            await node.wait_ready(5)
+            return node
+
+        yield start
+
+
+def consumed(node: Node, user: str) -> int:
+    return node.engine.view(user, node.rules.default).consumed
+
+
+def admit(node: Node, user: str, times: int) -> list[bool]:
+    return [node.decide(user, 1, node.rules.default).allowed for _ in range(times)]
+
+
+async def test_user_exhausted_on_one_node_is_denied_on_another(
+    nodes: StartNode,
+) -> None:
+    a: Node = await nodes("a")
+    b: Node = await nodes("b")
+
+    assert admit(a, "alice", BURST + 1) == [True] * BURST + [False]
+    await wait_for(lambda: consumed(b, "alice") == BURST, what="B to merge A's consumption")
+
+    assert admit(b, "alice", 1) == [False]
+    assert b.engine.view("alice", b.rules.default).contributions == {a.replica: BURST}
+    assert admit(b, "bob", 1) == [True]
+
+
+async def test_consumption_adds_up_across_nodes(nodes: StartNode) -> None:
+    a: Node = await nodes("a")
+    b: Node = await nodes("b")
+
+    assert all(admit(a, "carol", 8))
+    assert all(admit(b, "carol", 5))
+    await wait_for(lambda: consumed(a, "carol") == consumed(b, "carol") == 13, what="merge")
+
+    view = a.engine.view("carol", a.rules.default)
+    assert view.contributions == {a.replica: 8, b.replica: 5}
+    assert view.tokens == pytest.approx(BURST - 13)
+
+
+async def test_a_later_node_bootstraps_and_denies_once_ready(
+    nodes: StartNode, log: MemoryLog
+) -> None:
+    a: Node = await nodes("a")
+    admit(a, "alice", BURST)
+    assert a.replicator is not None
+    await wait_for(lambda: a.replicator is not None and a.replicator.buffered == 0, what="flush")
+    await wait_for(lambda: sum(map(len, log.partitions)) > 0, what="records on the log")
+
+    c: Node = await nodes("c")
+
+    assert consumed(c, "alice") == BURST
+    assert sample(c, "ratelimiter_bootstrap_records") > 0
+    assert sample(c, "ratelimiter_ready") == 1
+    assert admit(c, "alice", 1) == [False]
+
+
+async def test_not_ready_until_bootstrapped(log: MemoryLog, clock: ManualClock) -> None:
+    node = memory_node(log, clock, "late")
+    await node.start()
+    try:
+        assert not node.ready  # connecting runs in the background
+        with pytest.raises(Unavailable, match="still reading the state topic"):
+            node.decide("alice", 1, node.rules.default)
+        await node.wait_ready(5)
+        assert node.ready
+    finally:
+        await node.stop()
+    assert not node.ready
+
+
+async def test_outage_buffers_then_delivers_everything(nodes: StartNode, log: MemoryLog) -> None:
+    a: Node = await nodes("a")
+    b: Node = await nodes("b")
+
+    log.available = False
+    admitted = sum(admit(a, "dora", 7)) + sum(admit(a, "eve", 3))
+    await wait_for(
+        lambda: (
+            sample(a, "ratelimiter_publish_failures_total") >= 1
+            and sample(a, "ratelimiter_buffered_deltas") > 0
+        ),
+        what="a failed publish with keys buffered",
+    )
+    assert sample(a, "ratelimiter_broker_up") == 0
+    assert admitted == 10
+    assert consumed(b, "dora") == 0
+    # Still deciding locally while the log is away.
+    assert admit(a, "dora", 1) == [True]
+    admitted += 1
+
+    log.available = True
+    await wait_for(
+        lambda: consumed(b, "dora") + consumed(b, "eve") == admitted,
+        what="B to see everything A admitted during the outage",
+    )
+    await wait_for(lambda: sample(a, "ratelimiter_buffered_deltas") == 0, what="buffer drained")
+
+    assert sample(a, "ratelimiter_broker_up") == 1
+    for user in ("dora", "eve"):
+        view = b.engine.view(user, b.rules.default)
+        assert sum(view.contributions.values()) == view.consumed
+    assert b.engine.view("dora", b.rules.default).contributions == {a.replica: 8}
+
+
+def _peer_records(clock: ManualClock, users: dict[str, int]) -> list[OutRecord]:
+    """Good batch and key records from a peer replica that admitted `users[u]` for each u."""
+    rules = RuleSet(default=default_rule("token_bucket", 10.0, BURST, 1.0))
+    peer = Engine(rules, "peer/1", clock, SyncTiming(1.0, 3.0), 1000)
+    for user, cost in users.items():
+        assert peer.decide(user, cost, rules.default).allowed
+    now_ms = to_unix_ms(clock())
+    out: list[OutRecord] = []
+    for rule, delta in peer.flush(clock()):
+        partition = partition_for_user(delta.key, PARTITIONS)
+        if len(out) % 2:
+            value = codec.encode_key_record(rule, delta, now_ms)
+            key = codec.key_record_key(rule, delta.key, delta.replica)
+        else:
+            value = codec.encode_batch(delta.replica, [(rule, delta)], now_ms, now_ms)
+            key = codec.batch_record_key(delta.replica, partition)
+        out.append(OutRecord(key, value, partition))
+    return out
+
+
+def _poison(partition: int) -> list[tuple[str, OutRecord]]:
+    good_key = codec.encode_key_record(
+        "default", Delta("mallory", "peer/2", (Entry(1, 1.0, 1, 0),)), 5
+    )
+    return [
+        ("bad_json", OutRecord(b"k1", b"{nope", partition)),
+        ("unknown_version", OutRecord(b"k2", b'{"v": 99, "kind": "key"}', partition)),
+        ("bad_shape", OutRecord(b"k3", b"[1, 2, 3]", partition)),
+        ("absurd_value", OutRecord(b"k4", good_key.replace(b'"ts":5', b'"ts":-5'), partition)),
+        ("bad_key", OutRecord(b"not-the-right-key", good_key, partition)),
+        ("bad_key", OutRecord(None, good_key, partition)),  # type: ignore[arg-type]
+    ]
+
+
+async def test_poison_records_are_skipped_counted_and_good_ones_applied(
+    nodes: StartNode, log: MemoryLog, clock: ManualClock
+) -> None:
+    users = {f"user-{i}": i + 1 for i in range(8)}
+    good = _peer_records(clock, users)
+    poison = _poison(good[0].partition)
+    # Interleave: poison, good, poison, good, ... before the node starts (bootstrap).
+    for i, record in enumerate(good[:4]):
+        log.append(poison[i % len(poison)][1])
+        log.append(record)
+    log.append(OutRecord(b"gone", None, 0))  # a tombstone is not poison
+    b: Node = await nodes("b")
+
+    # ... and while it runs (the consume loop).
+    for i, record in enumerate(good[4:], start=4):
+        log.append(poison[i % len(poison)][1])
+        log.append(record)
+    await wait_for(
+        lambda: all(consumed(b, u) == cost for u, cost in users.items()),
+        what="every good record applied",
+    )
+
+    expected: dict[str, int] = {}
+    for i in range(len(good)):
+        kind = poison[i % len(poison)][0]
+        expected[kind] = expected.get(kind, 0) + 1
+    for kind, count in expected.items():
+        assert sample(b, "ratelimiter_poison_records_total", kind=kind) == count, kind
+    assert consumed(b, "mallory") == 0
+    text = b.metrics.render().decode()
+    assert 'ratelimiter_poison_records_total{kind="bad_json"}' in text
+
+
+async def test_unknown_rule_is_counted_as_poison(
+    nodes: StartNode, log: MemoryLog, clock: ManualClock
+) -> None:
+    b: Node = await nodes("b")
+    [record] = _peer_records(clock, {"zed": 2})
+    assert record.value is not None
+    renamed = record.value.replace(b'"default"', b'"platinum"')
+    log.append(OutRecord(record.key, renamed, record.partition))
+    [ok] = _peer_records(clock, {"yan": 1})
+    log.append(ok)
+
+    await wait_for(lambda: consumed(b, "yan") == 1, what="the good record")
+    assert sample(b, "ratelimiter_poison_records_total", kind="unknown_rule") == 1
+
+
+async def test_stop_publishes_what_was_admitted(
+    log: MemoryLog, clock: ManualClock, nodes: StartNode
+) -> None:
+    # A flush interval far beyond the test: only stop() can publish these admissions.
+    a = memory_node(log, clock, "a", flush_ms=10_000, snapshot_ms=600_000)
+    await a.start()
+    await a.wait_ready(5)
+    assert all(admit(a, "frank", 7))
+    assert sum(map(len, log.partitions)) == 0  # nothing awaited since: nothing published
+    await a.stop()
+
+    assert sum(map(len, log.partitions)) > 0
+    c: Node = await nodes("c")
+    assert consumed(c, "frank") == 7
+    assert c.engine.view("frank", c.rules.default).contributions == {a.replica: 7}
+
+
+async def test_own_records_are_not_merged_back(nodes: StartNode, log: MemoryLog) -> None:
+    a: Node = await nodes("a")
+    admit(a, "gus", 3)
+    await wait_for(lambda: sum(map(len, log.partitions)) > 0, what="a flush")
+    await wait_for(lambda: sample(a, "ratelimiter_records_consumed_total") > 0, what="read back")
+
+    assert consumed(a, "gus") == 3
+    assert sample(a, "ratelimiter_deltas_applied_total") == 0
+
+
+async def test_records_land_in_the_users_partition(nodes: StartNode, log: MemoryLog) -> None:
+    a: Node = await nodes("a", snapshot_ms=1)
+    users = [f"u{i}" for i in range(12)]
+    for user in users:
+        admit(a, user, 1)
+    await wait_for(lambda: a.replicator is not None and a.replicator.buffered == 0, what="flush")
+    await wait_for(
+        lambda: sample(a, "ratelimiter_records_produced_total", kind="key") >= len(users),
+        what="a snapshot",
+    )
+
+    seen: set[str] = set()
+    for partition, records in enumerate(log.partitions):
+        for record in records:
+            assert record.key is not None
+            for rule, delta in codec.decode(record.value).items:
+                assert partition == partition_for_user(delta.key, PARTITIONS)
+                assert record.key in (
+                    codec.batch_record_key(a.replica, partition),
+                    codec.key_record_key(rule, delta.key, a.replica),
+                )
+                seen.add(delta.key)
+    assert seen == set(users)
