@@ -121,6 +121,10 @@ class KafkaStateLog:
         await self._consumer.stop()
 
     async def publish(self, records: Sequence[OutRecord]) -> None:
+        # aiokafka only asserts the partition exists, after earlier records were sent.
+        for r in records:
+            if not 0 <= r.partition < self.partitions:
+                raise PublishFailed(f"no partition {r.partition} in topic {self.topic!r}")
         try:
             async with asyncio.timeout(self._send_timeout):
                 futures = [
