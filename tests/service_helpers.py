@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,12 +20,19 @@ T0 = 1_000.0
 
 
 async def wait_for(
-    predicate: Callable[[], bool], within: float = 5.0, what: str = "condition"
-) -> None:
-    """Return once `predicate()` holds; fail the test after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
+    predicate: Callable[[], bool | Awaitable[bool]],
+    within: float = 5.0,
+    what: str = "condition",
+) -> float:
+    """Return the seconds it took `predicate()` (sync or async) to hold; fail after `within`."""
+    started = time.monotonic()
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
             pytest.fail(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.005)
 
@@ -54,6 +61,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def standalone_settings(**overrides: Any) -> Settings:
     """Settings of a node without Kafka."""
     return load_settings(**{"kafka": "none", **overrides})
+
+
+def kafka_settings(bootstrap: str, topic: str, node_id: str, **overrides: Any) -> Settings:
+    """Settings of a node replicating through `topic` on a real broker."""
+    return load_settings(
+        **{"kafka": bootstrap, "topic": topic, "node_id": node_id, "partitions": 6, **overrides}
+    )
 
 
 def unique_topic(label: str) -> str:
