@@ -173,5 +173,15 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
         """Prometheus metrics."""
         return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(FastPath, protector=protector)
+    app.state.protector = protector
     return app
+
+
+def create_asgi(settings: Settings) -> FastPath:
+    """What uvicorn serves: the /protected fast path in front of the FastAPI app.
+
+    Outside FastAPI's middleware stack on purpose: Starlette's per-request wrapping costs
+    more than the decision. Every other path (and the lifespan) goes to FastAPI.
+    """
+    app = create_app(settings)
+    return FastPath(app, app.state.protector)

@@ -7,6 +7,7 @@ description of /protected) stays FastAPI.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -46,6 +47,11 @@ def ceil_ms(seconds: float) -> int | None:
 def policy_header(rule: Rule) -> bytes:
     """`RateLimit-Policy` (IETF httpapi ratelimit-headers): quota q per window w seconds."""
     return f'"{rule.name}";q={rule.capacity};w={max(1, ceil_seconds(rule.window))}'.encode()
+
+
+@functools.lru_cache(maxsize=65536)
+def _ratelimit_values(rule: str, remaining: int, reset: int, retry: int) -> tuple[bytes, bytes]:
+    return f'"{rule}";r={remaining};t={reset}'.encode(), str(retry).encode()
 
 
 def ratelimit_headers(decision: Decision, policy: bytes) -> list[tuple[bytes, bytes]]:
@@ -88,7 +94,7 @@ def validate_user_id(raw: bytes) -> str:
         raise BadRequest("X-User-ID must be UTF-8") from None
     if not user.strip():
         raise BadRequest("X-User-ID must not be empty")
-    if user != user.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
+    if not user.isprintable() or user != user.strip():
         raise BadRequest("X-User-ID must not hold control characters or surrounding blanks")
     return user
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -33,12 +33,6 @@ class Metrics:
     def __init__(self, node_id: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.decisions = Counter(
-            "ratelimiter_decisions",
-            "Decisions by rule and outcome (admitted, denied, shadow_denied)",
-            ["rule", "outcome"],
-            registry=r,
-        )
         self.decision_seconds = Histogram(
             "ratelimiter_decision_seconds",
             "Time to decide one request, sampled (1 in `sample` requests)",
@@ -98,9 +92,18 @@ class Metrics:
         self._node_id = node_id
         self._logged_poison: set[str] = set()
 
-    def watch(self, name: str, read: Callable[[], dict[str, float]], help_text: str) -> None:
-        """Export values computed at scrape time (tracked keys, evictions, ...)."""
-        self.registry.register(_Callback(name, read, help_text))
+    def watch(
+        self,
+        name: str,
+        read: Callable[[], Mapping[tuple[str, ...], float]],
+        help_text: str,
+        labels: tuple[str, ...] = ("kind",),
+    ) -> None:
+        """Export values computed at scrape time (decisions, tracked keys, evictions, ...).
+
+        Hot-path counts are plain integers read here: cheaper than a locked Counter.inc().
+        """
+        self.registry.register(_Callback(name, read, help_text, labels))
 
     def poison_record(self, kind: str, message: str) -> None:
         """Count a skipped record; log the first of each kind."""
@@ -117,19 +120,26 @@ class Metrics:
 
 
 class _Callback(Collector):
-    def __init__(self, name: str, read: Callable[[], dict[str, float]], help_text: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        read: Callable[[], Mapping[tuple[str, ...], float]],
+        help_text: str,
+        labels: tuple[str, ...],
+    ) -> None:
         self._name = name
         self._read = read
         self._help = help_text
+        self._labels = list(labels)
 
-    def collect(self):  # type: ignore[no-untyped-def]
-        values = self._read()
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        family: CounterMetricFamily | GaugeMetricFamily
         if self._name.endswith("_total"):
-            family: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily(
-                self._name[: -len("_total")], self._help, labels=["kind"]
+            family = CounterMetricFamily(
+                self._name[: -len("_total")], self._help, labels=self._labels
             )
         else:
-            family = GaugeMetricFamily(self._name, self._help, labels=["kind"])
-        for kind, value in values.items():
-            family.add_metric([kind], value)
+            family = GaugeMetricFamily(self._name, self._help, labels=self._labels)
+        for label_values, value in self._read().items():
+            family.add_metric(list(label_values), value)
         yield family

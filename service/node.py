@@ -61,11 +61,17 @@ class Node:
         self.ready = False
         self.fatal: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._counters = {
-            (rule.name, outcome): self.metrics.decisions.labels(rule.name, outcome)
+        self.decisions: dict[tuple[str, ...], float] = {
+            (rule.name, outcome): 0
             for rule in self.rules.all()
             for outcome in ("admitted", "denied", "shadow_denied")
         }
+        self.metrics.watch(
+            "ratelimiter_decisions_total",
+            lambda: self.decisions,
+            "Decisions by rule and outcome (admitted, denied, shadow_denied)",
+            ("rule", "outcome"),
+        )
         self.metrics.watch("ratelimiter_tracked_keys", self._tracked, "Keys held, by rule")
         self.metrics.watch(
             "ratelimiter_store_events_total", self._store_events, "Key store events by kind"
@@ -179,15 +185,15 @@ class Node:
             outcome = "shadow_denied"
         else:
             outcome = "admitted" if decision.allowed else "denied"
-        self._counters[(rule.name, outcome)].inc()
+        self.decisions[(rule.name, outcome)] += 1
         return decision
 
     # -- metrics callbacks -----------------------------------------------------
 
-    def _tracked(self) -> dict[str, float]:
-        return {name: float(len(lim)) for name, lim in self.engine.limiters.items()}
+    def _tracked(self) -> dict[tuple[str, ...], float]:
+        return {(name,): float(len(lim)) for name, lim in self.engine.limiters.items()}
 
-    def _store_events(self) -> dict[str, float]:
+    def _store_events(self) -> dict[tuple[str, ...], float]:
         totals = {
             "deleted_idle": 0.0,
             "evicted_active": 0.0,
@@ -204,7 +210,7 @@ class Node:
             totals["sealed_epochs"] += st.sealed_epochs
         if self.replicator is not None:
             totals["buffer_folded_keys"] = float(self.replicator.folded_keys)
-        return totals
+        return {(kind,): value for kind, value in totals.items()}
 
 
 def _kafka_statelog(settings: Settings, replica: str) -> StateLog:

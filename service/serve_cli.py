@@ -7,7 +7,7 @@ import logging
 
 import uvicorn
 
-from service.app import create_app
+from service.app import create_asgi
 from service.settings import Settings, load_settings
 
 
@@ -33,9 +33,8 @@ def run(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format=f"%(asctime)s {settings.node_id} %(levelname)s %(name)s: %(message)s",
     )
-    app = create_app(settings)
     uvicorn.run(
-        app,
+        create_asgi(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
