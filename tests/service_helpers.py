@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
+from service.fastpath import FastPath
 from service.node import Node
 from service.settings import Settings, load_settings
 from service.statelog import MemoryLog, MemoryStateLog, StateLog
@@ -99,6 +101,11 @@ def memory_node(log: MemoryLog, clock: Callable[[], float], node_id: str, **over
         **overrides,
     }
     return Node(load_settings(**values), clock=clock, statelog_factory=memory_factory(log))
+
+
+def served(app: FastAPI) -> FastPath:
+    """What `create_asgi` serves, for an app built around a test's own node."""
+    return FastPath(app, app.state.protector)
 
 
 def sample(node: Node, name: str, **labels: str) -> float:

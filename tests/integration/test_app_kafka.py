@@ -12,7 +12,7 @@ import pytest
 from service.app import create_app
 from service.errors import Unavailable
 from service.node import Node
-from tests.service_helpers import clean_env, kafka_settings, unique_topic, wait_for
+from tests.service_helpers import clean_env, kafka_settings, served, unique_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ async def start(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> AsyncI
             await stack.enter_async_context(app.router.lifespan_context(app))
             client = await stack.enter_async_context(
                 httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app), base_url=f"http://{node_id}"
+                    transport=httpx.ASGITransport(app=served(app)), base_url=f"http://{node_id}"
                 )
             )
             return Served(node, client)

@@ -12,10 +12,10 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
+from service.app import create_app, create_asgi
 from service.fastpath import FastPath
 from service.node import Node
-from tests.service_helpers import ManualClock, clean_env, standalone_settings
+from tests.service_helpers import ManualClock, clean_env, served, standalone_settings
 
 RULES = """
 rules:
@@ -41,21 +41,17 @@ def rules_file(tmp_path: Path) -> Path:
     return path
 
 
-def build_app(clock: ManualClock, rules: Path, *, fast_path: bool = True) -> FastAPI:
+def build_app(clock: ManualClock, rules: Path) -> FastAPI:
     settings = standalone_settings(node_id="solo", rules=str(rules))
-    app = create_app(settings, Node(settings, clock=clock))
-    if not fast_path:
-        # Serve /protected through the documented FastAPI route instead of the fast path.
-        fast: object = FastPath  # the middleware's class, as Starlette stores it untyped
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not fast]
-    return app
+    return create_app(settings, Node(settings, clock=clock))
 
 
 @asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of `app` with its lifespan (node start and stop) around it."""
+async def serve(app: FastAPI, *, fast_path: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of what uvicorn serves (or of the FastAPI app alone), lifespan around it."""
+    asgi = served(app) if fast_path else app
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=asgi)
         async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
             yield client
 
@@ -185,8 +181,8 @@ async def test_fastapi_route_answers_like_the_fast_path(
 
     async def answers(fast_path: bool) -> list[tuple[int, dict[str, str], bytes]]:
         out = []
-        app = build_app(ManualClock(clock.t), rules_file, fast_path=fast_path)
-        async with serve(app) as c:
+        app = build_app(ManualClock(clock.t), rules_file)
+        async with serve(app, fast_path=fast_path) as c:
             for headers in requests:
                 r = await c.post("/protected", headers=headers)
                 out.append((r.status_code, dict(r.headers), r.content))
@@ -370,8 +366,7 @@ async def test_probes(client: httpx.AsyncClient) -> None:
 
 
 async def test_not_ready_before_start(clock: ManualClock, rules_file: Path) -> None:
-    app = build_app(clock, rules_file)
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=served(build_app(clock, rules_file)))
     async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
         ready = await client.get("/readyz")
         protected = await client.post("/protected", headers={"X-User-ID": "alice"})
@@ -418,3 +413,22 @@ async def test_openapi_and_docs(client: httpx.AsyncClient) -> None:
     assert "/v1/keys/{key}" in paths
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+async def test_create_asgi_puts_the_fast_path_in_front_of_the_app() -> None:
+    asgi = create_asgi(standalone_settings(node_id="served"))
+    assert isinstance(asgi, FastPath)
+    app = asgi.app
+    assert isinstance(app, FastAPI)
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            protected = await client.post("/protected", headers={"X-User-ID": "alice"})
+            health = await client.get("/healthz")
+            missing = await client.get("/protected")
+
+    assert protected.status_code == 200
+    assert protected.headers["ratelimit-policy"] == '"default";q=20;w=2'
+    assert health.json()["node"] == "served"
+    assert missing.status_code == 405
