@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -12,7 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from service import http_errors
-from service.errors import BadRequest
+from service.errors import BadRequest, Unauthorized
 from service.fastpath import (
     MAX_USER_ID_BYTES,
     FastPath,
@@ -53,6 +54,28 @@ class CheckResponse(BaseModel):
     retry_after_ms: int | None
     reset_after_ms: int
     rule: str
+
+
+class RefundRequest(BaseModel):
+    """POST /v1/refund (admin): give back `cost` admitted for `key` under `limit`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: StrictStr = Field(min_length=1, max_length=MAX_USER_ID_BYTES)
+    cost: StrictInt = Field(ge=1, le=10**12)
+    limit: StrictStr | None = Field(None, min_length=1, max_length=64)
+
+
+def require_admin(settings: Settings, authorization: str | None) -> None:
+    """Unauthorized unless `Authorization: Bearer <admin token>` matches the settings."""
+    token = settings.admin_token
+    if token is None:
+        raise Unauthorized("admin endpoints are disabled: start the node with --admin-token")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        given.strip().encode(), token.get_secret_value().encode()
+    ):
+        raise Unauthorized("a valid `Authorization: Bearer <token>` header is required")
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -127,6 +150,17 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
             }
         )
 
+    @app.post("/v1/refund", responses={401: {"description": "missing or wrong bearer token"}})
+    async def refund(
+        body: RefundRequest, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """Admin: give `cost` back to `key` (a PN-counter decrement replicated to peers)."""
+        require_admin(settings, authorization)
+        rule = node.rules.get(body.limit) if body.limit else node.rules.default
+        node.engine.limiters[rule.name].refund(body.key, body.cost, node.clock())
+        view = node.engine.view(body.key, rule)
+        return _json({"key": body.key, "rule": rule.name, "tokens": round(view.tokens, 6)})
+
     @app.get("/v1/keys/{key}")
     async def key_state(
         key: str, limit: Annotated[str | None, Query(min_length=1, max_length=64)] = None
@@ -163,6 +197,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
             "node": node.settings.node_id,
             "replica": node.replica,
             "standalone": node.settings.standalone,
+            "mode": node.mode,
         }
         if node.fatal:
             body["error"] = node.fatal

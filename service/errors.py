@@ -12,6 +12,7 @@ __all__ = [
     "PoisonRecord",
     "RateLimiterError",
     "TopicConfigMismatch",
+    "Unauthorized",
     "Unavailable",
     "UnknownRule",
 ]
@@ -59,3 +60,9 @@ class Unavailable(RateLimiterError):
     """The node refuses to decide (fail mode `closed` while the broker is away)."""
 
     http_status = 503
+
+
+class Unauthorized(RateLimiterError):
+    """An admin request without the right bearer token (or admin endpoints disabled)."""
+
+    http_status = 401

@@ -45,6 +45,8 @@ def install(app: FastAPI) -> None:
     async def _ours(request: Request, exc: RateLimiterError) -> Response:
         status = status_of(exc)
         headers = {"Retry-After": "1"} if status == 503 else None
+        if status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="ratelimiter"'}
         return _response(status, error_body(code_of(exc), str(exc)), headers)
 
     @app.exception_handler(RequestValidationError)

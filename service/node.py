@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
 from types import TracebackType
 
+from crdt.limiter import Limiter, make_limiter, timing
 from crdt.policy import SyncTiming
 from service.clock import Clock, system_clock
 from service.engine import Decision, Engine
@@ -60,6 +62,7 @@ class Node:
         self.replicator: Replicator | None = None
         self.ready = False
         self.fatal: str | None = None
+        self._share: dict[str, Limiter] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.decisions: dict[tuple[str, ...], float] = {
             (rule.name, outcome): 0
@@ -132,7 +135,7 @@ class Node:
         s = self.settings
         while True:
             try:
-                await ensure_topic(s.kafka, s.topic, s.partitions)
+                await ensure_topic(s.kafka, s.topic, s.partitions, options=s.kafka_options())
                 break
             except TopicConfigMismatch as exc:
                 self.fatal = str(exc)
@@ -158,7 +161,7 @@ class Node:
             lambda user: partition_for_user(user, partitions),
             flush_s=s.flush_ms / 1000,
             snapshot_s=s.snapshot_ms / 1000,
-            max_buffered=s.max_keys,
+            max_buffered=s.max_buffered_keys,
         )
         await replicator.bootstrap(s.bootstrap_timeout_s)
         self.replicator = replicator
@@ -176,16 +179,64 @@ class Node:
 
     # -- decisions -------------------------------------------------------------
 
+    @property
+    def mode(self) -> str:
+        """`normal`, or the fail mode in force while the broker is unreachable."""
+        replicator = self.replicator
+        if replicator is None or replicator.broker_ok:
+            if self._share:
+                self._share.clear()  # the broker is back: the shared limit applies again
+            return "normal"
+        return self.settings.fail_mode
+
     def decide(self, key: str, cost: int, rule: Rule) -> Decision:
-        """Decide and count one request."""
+        """Decide and count one request (honouring the fail mode during a broker outage)."""
         if not self.ready:
             raise Unavailable("the node is still reading the state topic (see /readyz)")
-        decision = self.engine.decide(key, cost, rule)
+        replicator = self.replicator
+        if replicator is None or replicator.broker_ok or self.settings.fail_mode == "local":
+            decision = self.engine.decide(key, cost, rule)
+        elif self.settings.fail_mode == "closed":
+            self.decisions[(rule.name, "unavailable")] = (
+                self.decisions.get((rule.name, "unavailable"), 0) + 1
+            )
+            raise Unavailable("Kafka is unreachable and this node runs with --fail-mode closed")
+        else:
+            decision = self._decide_share(key, cost, rule)
         if decision.shadow_denied:
             outcome = "shadow_denied"
         else:
             outcome = "admitted" if decision.allowed else "denied"
         self.decisions[(rule.name, outcome)] += 1
+        return decision
+
+    def _decide_share(self, key: str, cost: int, rule: Rule) -> Decision:
+        # Lease-style safety while cut off: this node may spend only 1/N of the limit,
+        # N = itself plus the peers it heard from before the outage, on top of the
+        # shared bucket (which keeps recording consumption for when the broker returns).
+        store = self._share.get(rule.name)
+        if store is None:
+            assert self.replicator is not None
+            n = 1 + self.replicator.alive_peers(self.settings.peer_timeout_s)
+            store = make_limiter(
+                rule.algorithm,
+                f"{self.replica}/share",
+                rate=(rule.rate or 1.0) / n,
+                burst=max(1, rule.capacity // n),
+                window=rule.window_s or 1.0,
+                max_keys=self.settings.max_keys,
+            )
+            self._share[rule.name] = store
+            log.warning("broker unreachable: fail mode share, this node takes 1/%d of limits", n)
+        now = self.clock()
+        result = store.acquire(key, cost, now)
+        if result < 0:
+            retry, reset = timing(store, key, result, cost, now)
+            remaining = max(0, math.floor(result + cost + 1e-6))
+            return Decision(False, remaining, rule.capacity, retry, reset, rule, False)
+        decision = self.engine.decide(key, cost, rule, now)
+        if not decision.allowed:
+            store.refund(key, cost, now)
         return decision
 
     # -- metrics callbacks -----------------------------------------------------
@@ -220,4 +271,6 @@ def _kafka_statelog(settings: Settings, replica: str) -> StateLog:
         settings.partitions,
         client_id=f"ratelimiter-{settings.node_id}",
         linger_ms=max(1, int(settings.flush_ms / 4)),
+        publish_timeout_s=settings.publish_timeout_ms / 1000,
+        security=settings.kafka_options(),
     )

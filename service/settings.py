@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     bootstrap_timeout_s: float = Field(120.0, gt=0, allow_inf_nan=False)
     admin_token: SecretStr | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_buffered_keys: int = Field(1_000_000, ge=1)
+    publish_timeout_ms: float = Field(2000.0, gt=0, le=120_000, allow_inf_nan=False)
+    peer_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+    # Passed through to every Kafka client (producer, consumer, admin).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
 
     @field_validator("node_id")
     @classmethod
@@ -73,6 +84,28 @@ class Settings(BaseSettings):
         """True when the node runs without Kafka."""
         return self.kafka == "none"
 
+    def kafka_options(self) -> dict[str, Any]:
+        """TLS and SASL keyword arguments for aiokafka clients (empty for PLAINTEXT)."""
+        options: dict[str, Any] = {}
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return options
+        options["security_protocol"] = protocol
+        if protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+                certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+                keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        if protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism or "PLAIN"
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            if self.kafka_sasl_password is not None:
+                options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        return options
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from overrides (flags) over RATELIMITER_* variables over defaults.
@@ -92,6 +125,11 @@ def load_settings(**overrides: Any) -> Settings:
                 f" (got {error.get('input')!r})"
             )
         raise ConfigError("invalid setting " + "; ".join(problems)) from exc
+    if settings.kafka_security_protocol.startswith("SASL") and not settings.kafka_sasl_username:
+        raise ConfigError(
+            "invalid setting kafka_sasl_username (--kafka-sasl-username / "
+            "RATELIMITER_KAFKA_SASL_USERNAME): required with a SASL security protocol"
+        )
     if settings.seal_ms <= settings.epoch_ms:
         raise ConfigError(
             f"invalid setting seal_ms (--seal-ms / RATELIMITER_SEAL_MS): must exceed "

@@ -77,6 +77,7 @@ class KafkaStateLog:
         *,
         linger_ms: int = 5,
         request_timeout_ms: int = 5000,
+        publish_timeout_s: float = 2.0,
         security: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
@@ -104,7 +105,9 @@ class KafkaStateLog:
             request_timeout_ms=max(request_timeout_ms, 10_000),
             **extra,
         )
-        self._send_timeout = request_timeout_ms / 1000 * 2
+        # A flush waits at most this long for acknowledgements; unacknowledged keys stay
+        # buffered and go out again with the next flush (absolute values: no harm).
+        self._send_timeout = publish_timeout_s
 
     async def start(self) -> None:
         try:

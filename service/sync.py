@@ -61,6 +61,7 @@ class Replicator:
         self.snapshot_s = snapshot_s
         self.max_buffered = max_buffered
         self.broker_ok = False
+        self.last_ok_at = clock()  # cluster time the broker last acknowledged us
         self.peers: dict[str, PeerSeen] = {}
         self.folded_keys = 0
         self._pending: dict[tuple[str, str], dict[int, Entry]] = {}
@@ -203,6 +204,7 @@ class Replicator:
         if not self.broker_ok:
             log.info("broker reachable again; published %d buffered keys", len(sent))
         self.broker_ok = True
+        self.last_ok_at = now
         self.metrics.broker_up.set(1)
         self._last_flush_ms = now_ms
         for slot, entries in sent.items():
@@ -225,6 +227,11 @@ class Replicator:
             except Exception:
                 log.exception("flush failed")
             await asyncio.sleep(max(0.0, self.flush_s - (time.monotonic() - started)))
+
+    def alive_peers(self, timeout_s: float) -> int:
+        """Peer replicas heard from within `timeout_s` before the broker was last reachable."""
+        since = self.last_ok_at - timeout_s
+        return sum(1 for seen in self.peers.values() if seen.at >= since)
 
     # -- in --------------------------------------------------------------------
 

@@ -87,9 +87,16 @@ def _normalize(value: str) -> tuple[str, ...]:
 
 
 @asynccontextmanager
-async def admin_client(bootstrap: str) -> AsyncIterator[Any]:
-    """A started AIOKafkaAdminClient, closed on exit; BrokerError when Kafka is unreachable."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="ratelimiter-topic")
+async def admin_client(
+    bootstrap: str, options: Mapping[str, Any] | None = None
+) -> AsyncIterator[Any]:
+    """A started AIOKafkaAdminClient, closed on exit; BrokerError when Kafka is unreachable.
+
+    `options` are extra client settings (TLS and SASL: see Settings.kafka_options).
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="ratelimiter-topic", **(options or {})
+    )
     try:
         await admin.start()
     except KafkaError as exc:
@@ -103,9 +110,11 @@ async def admin_client(bootstrap: str) -> AsyncIterator[Any]:
         await admin.close()
 
 
-async def describe_topic(bootstrap: str, name: str) -> TopicDescription | None:
+async def describe_topic(
+    bootstrap: str, name: str, options: Mapping[str, Any] | None = None
+) -> TopicDescription | None:
     """The topic as the broker holds it, or None when it does not exist."""
-    async with admin_client(bootstrap) as admin:
+    async with admin_client(bootstrap, options) as admin:
         return await _describe(admin, name)
 
 
@@ -125,6 +134,7 @@ async def ensure_topic(
     *,
     replication_factor: int = 1,
     wait_s: float = 30.0,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """Create the state topic if missing; check an existing one has our partitions and config.
 
@@ -133,7 +143,7 @@ async def ensure_topic(
     """
     wanted = dict(STATE_TOPIC_CONFIG if config is None else config)
     deadline = time.monotonic() + wait_s
-    async with admin_client(bootstrap) as admin:
+    async with admin_client(bootstrap, options) as admin:
         if name not in await admin.list_topics():
             await _create(admin, NewTopic(name, partitions, replication_factor, None, wanted))
         description = await _wait_until_led(admin, name, deadline)

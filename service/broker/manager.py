@@ -64,8 +64,12 @@ class LocalBroker:
         start_timeout: float = 90.0,
         stop_timeout: float = 30.0,
         progress: Progress | None = None,
+        extra_listeners: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         self.port = port
+        # name -> (port the broker listens on, port it advertises): lets a TCP proxy sit
+        # between some clients and the broker (metadata then points at the proxy too).
+        self.extra_listeners = dict(extra_listeners or {})
         self.data_dir = (data_dir or default_data_dir()).resolve()
         self.jars_dir = (jars_dir or jars.default_jars_dir()).resolve()
         self.controller_port = controller_port
@@ -154,16 +158,23 @@ class LocalBroker:
 
     def _write_properties(self) -> None:
         controller = self.controller_port or process.free_port()
+        listeners = [f"PLAINTEXT://{LOOPBACK}:{self.port}", f"CONTROLLER://{LOOPBACK}:{controller}"]
+        advertised = [f"PLAINTEXT://{LOOPBACK}:{self.port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        for name, (listen, advertise) in sorted(self.extra_listeners.items()):
+            listeners.append(f"{name}://{LOOPBACK}:{listen}")
+            advertised.append(f"{name}://{LOOPBACK}:{advertise}")
+            protocols.append(f"{name}:PLAINTEXT")
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             # Static voters (kraft.version 0): the controller port may change between runs.
             "controller.quorum.voters": f"1@{LOOPBACK}:{controller}",
-            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{controller}",
-            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "listeners": ",".join(listeners),
+            "advertised.listeners": ",".join(advertised),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(protocols),
             "log.dirs": str(self._log_dir),
             # One node: every internal topic has a single replica.
             "offsets.topic.replication.factor": "1",
