@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import secrets
@@ -95,8 +94,13 @@ class Node:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                # A task that died must not keep stop() from disconnecting.
+                log.exception("background task %s had failed", task.get_name())
         self._tasks = []
         if self.replicator is not None:
             await self.replicator.stop()
@@ -163,7 +167,15 @@ class Node:
             snapshot_s=s.snapshot_ms / 1000,
             max_buffered=s.max_buffered_keys,
         )
-        await replicator.bootstrap(s.bootstrap_timeout_s)
+        try:
+            await replicator.bootstrap(s.bootstrap_timeout_s)
+        except TimeoutError:
+            self.fatal = (
+                f"the state topic was not read to its end within {s.bootstrap_timeout_s}s "
+                "(--bootstrap-timeout-s / RATELIMITER_BOOTSTRAP_TIMEOUT_S)"
+            )
+            log.error("%s", self.fatal)
+            return
         self.replicator = replicator
         self.metrics.broker_up.set(1)
         replicator.start()
