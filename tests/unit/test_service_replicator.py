@@ -17,7 +17,8 @@ from service.errors import Unavailable
 from service.node import Node
 from service.partitioner import partition_for_user
 from service.rules import RuleSet, default_rule
-from service.statelog import MemoryLog, OutRecord
+from service.settings import Settings, load_settings
+from service.statelog import MemoryLog, MemoryStateLog, OutRecord, StateLog
 from tests.service_helpers import (
     ManualClock,
     clean_env,
@@ -296,3 +297,32 @@ async def test_records_land_in_the_users_partition(nodes: StartNode, log: Memory
                 )
                 seen.add(delta.key)
     assert seen == set(users)
+
+
+class _EndlessLog(MemoryStateLog):
+    """A log whose end offsets lie beyond every record it holds: bootstrap never ends."""
+
+    async def end_offsets(self) -> dict[int, int]:
+        return dict.fromkeys(range(self.partitions), 1)
+
+
+async def test_a_bootstrap_timeout_is_reported_and_stop_still_cleans_up(
+    log: MemoryLog, clock: ManualClock
+) -> None:
+    readers: list[_EndlessLog] = []
+
+    def factory(settings: Settings, replica: str) -> StateLog:
+        readers.append(_EndlessLog(log))
+        return readers[-1]
+
+    settings = load_settings(kafka="127.0.0.1:1", partitions=PARTITIONS, bootstrap_timeout_s=0.05)
+    node = Node(settings, clock=clock, statelog_factory=factory)
+    await node.start()
+    try:
+        with pytest.raises(Unavailable, match="bootstrap-timeout-s"):
+            await node.wait_ready(5)
+        assert not node.ready
+        assert node.fatal is not None
+    finally:
+        await node.stop()
+    assert [r.started for r in readers] == [False]
