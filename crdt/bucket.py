@@ -44,7 +44,7 @@ class Epoch:
 class Extra:
     """The rarely needed part of a key: remote cells, refunds, older epochs, folded totals."""
 
-    __slots__ = ("late", "older", "own_n", "remote", "remote_n", "sealed")
+    __slots__ = ("base", "late", "older", "own_n", "remote", "remote_n", "sealed")
 
     def __init__(self) -> None:
         self.remote: dict[str, int] | None = None
@@ -52,6 +52,11 @@ class Extra:
         self.remote_n: dict[str, int] | None = None
         self.older: list[Epoch] = []
         self.sealed: dict[str, int] = {}
+        # Cascaded TAT at the end of the folded history: where an epoch that is still
+        # open but was not held yet (its first cells arrive after an earlier epoch was
+        # sealed) starts its fold. Without it, a peer's concurrent consumption in that
+        # epoch would not stack on ours.
+        self.base = NEG_INF
         # replica -> (epoch, net cell) of its newest cell already folded away: makes
         # entries arriving after their epoch was sealed idempotent (absolute values).
         self.late: dict[str, tuple[int, int]] = {}
@@ -116,6 +121,10 @@ class KeyState:
             else:
                 x = self.extra()
                 x.fold(self.e, cells, refunds)
+                x.base = max(x.base, carried)
+        elif x is not None and not x.older:
+            # An empty newest epoch only carried the history forward: keep its carry.
+            x.base = max(x.base, carried)
         if x is not None:
             x.remote = None
             x.own_n = 0
@@ -152,7 +161,7 @@ class KeyState:
             target = older[index]
         elif epoch > seal:
             before = older[index - 1] if index else None
-            start = before.floor + before.used * interval if before is not None else NEG_INF
+            start = before.floor + before.used * interval if before is not None else x.base
             target = Epoch(epoch, start, {}, None, 0)
             older.insert(index, target)
         else:
@@ -212,6 +221,7 @@ class KeyState:
         if new <= 0:
             return 0
         debt = new * interval
+        x.base += debt
         for o in x.older:
             o.floor += debt
         self.floor = max(self.floor, floor) + debt
@@ -233,7 +243,7 @@ class KeyState:
         if carried > self.floor:
             self.floor = carried
 
-    def seal(self, seal: int) -> int:
+    def seal(self, seal: int, interval: float) -> int:
         """Drop older epochs at or before the seal point; returns how many were dropped."""
         x = self.x
         if x is None or not x.older or x.older[0].e > seal:
@@ -241,8 +251,11 @@ class KeyState:
         older = x.older
         count = 0
         while count < len(older) and older[count].e <= seal:
-            x.fold(older[count].e, older[count].cells, older[count].refunds)
+            o = older[count]
+            x.fold(o.e, o.cells, o.refunds)
             count += 1
+        last = older[count - 1]
+        x.base = max(x.base, last.floor + last.used * interval)
         del older[:count]
         return count
 

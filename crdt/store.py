@@ -250,12 +250,16 @@ class BucketStore:
 
     def _idle(self, key: str, st: KeyState, now: float) -> bool:
         # Deleting changes no decision when every epoch is sealed (no peer can still
-        # send cells for it within the sync bound), the bucket is full, and nothing
-        # of ours is waiting to be flushed.
+        # send cells for it within the sync bound), nothing of ours is waiting to be
+        # flushed, and the bucket was full by the start of the first open epoch: a
+        # peer's cells still in flight belong to open epochs, whose floors are at or
+        # after their start, so the forgotten history could not have stacked under them.
+        tat = st.floor + st.used * self._interval
         return (
             st.e <= self._seal
             and (st.x is None or not st.x.older)
-            and st.floor + st.used * self._interval <= now
+            and tat <= now
+            and tat <= (self._seal + 1) * self._epoch_width
             and key not in self._dirty
         )
 
@@ -287,7 +291,7 @@ class BucketStore:
             st = keys.get(key)
             if st is None:
                 continue
-            self.stats.sealed_epochs += st.seal(self._seal)
+            self.stats.sealed_epochs += st.seal(self._seal, self._interval)
             if self._idle(key, st, now):
                 del keys[key]
                 deleted += 1
@@ -305,7 +309,7 @@ class BucketStore:
                 break
             st = keys.get(key)
             if st is not None:
-                st.seal(self._seal)
+                st.seal(self._seal, self._interval)
                 if self._idle(key, st, now):
                     del keys[key]
                     self.stats.deleted_idle += 1
