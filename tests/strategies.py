@@ -4,6 +4,7 @@ deterministic cluster that plays generated traffic over a generated network."""
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -151,13 +152,18 @@ def traffic(
     """Time-ordered requests on `nodes` nodes over KEYS; some gaps let keys go idle."""
     gap = st.integers(0, max_gap_ms)
     if long_gaps:
-        gap = st.one_of(gap, gap, gap, st.integers(2_000, 15_000))
-    costs = st.integers(1, max_cost)
+        # Gaps of a few epochs are where sealing meets in-flight deltas.
+        around_seconds = st.integers(1, 5).flatmap(
+            lambda k: st.integers(k * 1000 - 300, k * 1000 + 300)
+        )
+        gap = st.one_of(gap, gap, around_seconds, st.integers(2_000, 6_000))
+    costs = st.one_of(st.integers(1, max_cost), st.just(max_cost))
     if refunds:
         costs = st.one_of(costs, costs, costs, st.integers(-3, -1))
+    keys = st.sampled_from(KEYS[: draw(st.integers(1, len(KEYS)))])
     steps = draw(
         st.lists(
-            st.tuples(gap, st.integers(0, nodes - 1), st.sampled_from(KEYS), costs),
+            st.tuples(gap, st.integers(0, nodes - 1), keys, costs),
             min_size=1,
             max_size=max_ops,
         )
@@ -183,6 +189,7 @@ class Net:
 
     flush_ms: int = 20
     max_delay_ms: int = 0
+    min_delay_ms: int = 0
     duplicate: float = 0.0
     fifo: bool = True
     seed: int = 0
@@ -196,21 +203,25 @@ class Net:
 def timely_nets(timing: SyncTiming, *, fifo: bool | None = None) -> st.SearchStrategy[Net]:
     """Networks whose worst sync delay stays below `seal_after` (the exactness regime).
 
-    Delays reach up to 90% of the bound on purpose: that is where sealing races live.
+    Delays reach up to 90% of the bound, and are sometimes all close to it on purpose:
+    that is where sealing races live.
     """
     seal_ms = int(timing.seal_after * 1000)
-    return st.integers(0, 1_000_000).flatmap(
-        lambda seed: st.sampled_from([5, 20, 100, 250]).flatmap(
-            lambda flush_ms: st.builds(
-                Net,
-                flush_ms=st.just(flush_ms),
-                max_delay_ms=st.integers(0, max(0, seal_ms * 9 // 10 - flush_ms)),
-                duplicate=st.sampled_from([0.0, 0.3]),
-                fifo=st.booleans() if fifo is None else st.just(fifo),
-                seed=st.just(seed),
-            )
+
+    @st.composite
+    def nets(draw: st.DrawFn) -> Net:
+        flush_ms = draw(st.sampled_from([20, 100, 250]))
+        max_delay = draw(st.integers(0, max(0, seal_ms * 9 // 10 - flush_ms)))
+        return Net(
+            flush_ms=flush_ms,
+            max_delay_ms=max_delay,
+            min_delay_ms=draw(st.sampled_from([0, max_delay * 2 // 3, max_delay])),
+            duplicate=draw(st.sampled_from([0.0, 0.3])),
+            fifo=draw(st.booleans()) if fifo is None else fifo,
+            seed=draw(st.integers(0, 2**32)),
         )
-    )
+
+    return nets()
 
 
 @dataclass
@@ -300,18 +311,56 @@ class Cluster:
             for start, end, cut in net.partitions:
                 if start <= t < end and cut in (node, peer):
                     sent = max(sent, end)
-            at = sent + rng.randint(0, net.max_delay_ms)
+            at = sent + rng.randint(net.min_delay_ms, net.max_delay_ms)
             if net.fifo:
                 at = max(at, self._channel.get((node, peer), at))
                 self._channel[(node, peer)] = at
             self._push(at, _DELIVER, peer, delta)
             if net.duplicate and rng.random() < net.duplicate:
-                again = at + rng.randint(0, net.max_delay_ms + net.flush_ms)
+                # A re-read: out of order, but within the same delay bound.
+                again = sent + rng.randint(net.min_delay_ms, net.max_delay_ms)
                 self._push(again, _DELIVER, peer, delta)
 
     def final_seconds(self) -> float:
         """The instant the run ended."""
         return seconds(self.end_ms)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A generated cluster run: limits, timing, nodes, network and traffic."""
+
+    limit: Limit
+    timing: SyncTiming
+    nodes: int
+    net: Net
+    ops: tuple[Op, ...]
+
+    def play(self, *, sweep: bool = True, max_keys: int = 1_000_000) -> Cluster:
+        """Run it on a fresh cluster."""
+        cluster = Cluster(self.limit, self.timing, self.nodes, sweep=sweep, max_keys=max_keys)
+        cluster.run(self.ops, self.net)
+        return cluster
+
+
+@st.composite
+def scenarios(
+    draw: st.DrawFn,
+    *,
+    min_nodes: int = 2,
+    max_nodes: int = 4,
+    fifo: bool | None = None,
+    refunds: bool = False,
+    max_ops: int = 40,
+) -> Scenario:
+    """Runs within the sync bound (every delta can arrive before its epoch is sealed)."""
+    limit = draw(limits)
+    timing = draw(timings)
+    nodes = draw(st.integers(min_nodes, max_nodes))
+    net = draw(timely_nets(timing, fifo=fifo))
+    with_refunds = refunds and draw(st.booleans())
+    ops = draw(traffic(nodes=nodes, max_cost=limit.capacity, refunds=with_refunds, max_ops=max_ops))
+    return Scenario(limit, timing, nodes, net, tuple(ops))
 
 
 def entries_max(deltas: Sequence[Delta]) -> list[Delta]:
@@ -341,3 +390,20 @@ def scaled(factor: float) -> settings:
     active = settings.default
     assert active is not None
     return settings(max_examples=max(10, int(active.max_examples * factor)))
+
+
+def fold_tat(deltas: Sequence[Delta], interval: float) -> float:
+    """The lattice's TAT computed from scratch: per epoch F = max floor, U = sum over
+    replicas of (max P - max N); floor'(next) = max(F, floor'(prev) + T U(prev))."""
+    floors: dict[int, float] = {}
+    cells: dict[int, dict[str, tuple[int, int]]] = {}
+    for delta in deltas:
+        for e in delta.entries:
+            floors[e.epoch] = max(floors.get(e.epoch, -math.inf), e.floor)
+            p, n = cells.setdefault(e.epoch, {}).get(delta.replica, (0, 0))
+            cells[e.epoch][delta.replica] = (max(p, e.p), max(n, e.n))
+    tat = -math.inf
+    for epoch in sorted(floors):
+        used = sum(p - n for p, n in cells[epoch].values())
+        tat = max(floors[epoch], tat) + used * interval
+    return tat

@@ -1,0 +1,319 @@
+"""BucketStore replication: delta-apply is the lattice join, nodes converge to it exactly
+within the sync bound, and GC, replays, restarts and clock steps never change a decision."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdt.delta import Delta
+from crdt.policy import SyncTiming
+from crdt.store import BucketStore, KeyView
+from tests.strategies import (
+    KEYS,
+    Cluster,
+    Limit,
+    Net,
+    Op,
+    Scenario,
+    entries_max,
+    fold_tat,
+    limits,
+    scaled,
+    scenarios,
+    timely_nets,
+    timings,
+    traffic,
+)
+
+
+def _receiver(limit: Limit, timing: SyncTiming, deltas: list[Delta], now: float) -> BucketStore:
+    """A replica that merges everything ever sent, with sealing off: the full-state join."""
+    rx = BucketStore(limit.policy, "rx", timing)
+    rx.bootstrapping = True
+    for delta in deltas:
+        rx.apply(delta, now)
+    return rx
+
+
+def _same_bucket(a: KeyView, b: KeyView, now: float, capacity: int) -> bool:
+    """Same TAT, where any TAT at or before `now` means the same full bucket."""
+    return abs(max(a.tat, now) - max(b.tat, now)) <= 1e-9 * max(1.0, abs(now)) + 1e-9 * capacity
+
+
+@scaled(0.5)
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_delta_apply_in_any_order_with_duplicates_is_the_full_state_merge(
+    scenario: Scenario, rnd: random.Random
+) -> None:
+    """Applying every delta in any order, with duplicates, or only each writer's final
+    full state, gives one and the same view (TAT and contributions)."""
+    cluster = scenario.play()
+    now = cluster.final_seconds()
+    deltas = [d for _, d in cluster.sent]
+    shuffled = deltas + rnd.sample(deltas, k=len(deltas) // 2)
+    rnd.shuffle(shuffled)
+    in_order = _receiver(cluster.limit, cluster.timing, deltas, now)
+    any_order = _receiver(cluster.limit, cluster.timing, shuffled, now)
+    full_state = _receiver(cluster.limit, cluster.timing, entries_max(deltas), now)
+    for key in KEYS:
+        a, b, c = (s.view(key, now) for s in (in_order, any_order, full_state))
+        assert a.contributions == b.contributions == c.contributions
+        assert a.tat == pytest.approx(b.tat, abs=1e-9)
+        assert a.tat == pytest.approx(c.tat, abs=1e-9)
+        mine = [d for d in deltas if d.key == key]
+        assert a.tat == pytest.approx(fold_tat(mine, cluster.limit.policy.interval), abs=1e-9)
+
+
+@scaled(0.5)
+@given(scenarios(refunds=False), st.randoms(use_true_random=False))
+def test_applying_a_delta_never_lowers_state(scenario: Scenario, rnd: random.Random) -> None:
+    """Inflationary: no delta, however stale or repeated, lowers a TAT or a contribution."""
+    cluster = scenario.play()
+    now = cluster.final_seconds()
+    deltas = [d for _, d in cluster.sent]
+    rx = BucketStore(cluster.limit.policy, "rx", cluster.timing)
+    rx.bootstrapping = True
+    for delta in rnd.sample(deltas, k=len(deltas)) + deltas:
+        before = rx.view(delta.key, now)
+        rx.apply(delta, now)
+        after = rx.view(delta.key, now)
+        assert after.tat >= before.tat - 1e-9
+        for replica, value in before.contributions.items():
+            assert after.contributions.get(replica, 0) >= value
+
+
+@scaled(0.5)
+@given(scenarios())
+def test_nodes_converge_exactly_to_the_join_within_the_sync_bound(scenario: Scenario) -> None:
+    """Random delays below seal_after, duplicates and (when not FIFO) reordering: every
+    node ends with the join's TAT, and with the join's contributions while it tracks the
+    key."""
+    cluster = scenario.play()
+    now = cluster.final_seconds()
+    join = _receiver(cluster.limit, cluster.timing, [d for _, d in cluster.sent], now)
+    for key in KEYS:
+        expected = join.view(key, now)
+        for store in cluster.stores:
+            view = store.view(key, now)
+            assert _same_bucket(view, expected, now, cluster.limit.capacity), (
+                store.replica,
+                key,
+                view,
+                expected,
+            )
+        assert all(s.stats.late_entries == 0 for s in cluster.stores)
+
+
+@scaled(0.5)
+@given(
+    limits,
+    timings,
+    st.integers(2, 4),
+    st.data(),
+)
+def test_idle_key_deletion_never_changes_a_decision(
+    limit: Limit, timing: SyncTiming, nodes: int, data: st.DataObject
+) -> None:
+    """A cluster that seals and deletes at every flush answers every request exactly as
+    one that never sweeps, with peers and delays up to 90% of seal_after."""
+    net = data.draw(timely_nets(timing))
+    ops = data.draw(traffic(nodes=nodes, max_cost=limit.capacity))
+    sweeping = Cluster(limit, timing, nodes, sweep=True)
+    keeping = Cluster(limit, timing, nodes, sweep=False)
+    sweeping.run(ops, net)
+    keeping.run(ops, net)
+    for swept, kept in zip(sweeping.decisions, keeping.decisions, strict=True):
+        assert (swept.result >= 0) == (kept.result >= 0), (swept, kept)
+        assert swept.result == pytest.approx(kept.result, abs=1e-6), (swept, kept)
+
+
+def test_regression_sealing_keeps_the_base_for_a_late_opened_epoch() -> None:
+    """Found by reasoning, then by the idle-deletion property (epoch 0.5 s, delay 751 ms).
+
+    B admits 10 at t=0 (TAT 10); A admits 10 at t=1.9 before hearing of it (epoch 1);
+    B rolls to epoch 4 at t=4.0, which seals epoch 0; A's epoch-1 cells reach B at 4.42
+    (2.4 s < seal_after). B used to start epoch 1 from -inf instead of epoch 0's carry
+    (TAT 10), so A's 10 did not stack on B's 10: B ended at TAT 1012.9, A at 1021.
+    """
+    scenario = Scenario(
+        Limit(1, 1, 10),
+        SyncTiming(),
+        2,
+        Net(flush_ms=20, max_delay_ms=2400, min_delay_ms=2400),
+        (Op(0, 1, "a", 10), Op(1900, 0, "a", 10), Op(4000, 1, "a", 1)),
+    )
+    for sweep in (True, False):
+        cluster = scenario.play(sweep=sweep)
+        now = cluster.final_seconds()
+        tats = [s.view("a", now).tat for s in cluster.stores]
+        assert tats == [pytest.approx(1021.0)] * 2
+        assert fold_tat([d for _, d in cluster.sent], 1.0) == pytest.approx(1021.0)
+
+
+def test_regression_idle_deletion_waits_until_no_open_epoch_can_stack() -> None:
+    """B admits 4 at t=0 (TAT 4); A admits 5 at t=1.5, unaware; B's sweep at t=4.0 saw
+    every epoch sealed and TAT <= now and deleted the key; A's epoch-1 cells then arrived
+    (delay 2.6 s) and B rebuilt TAT 6.5 instead of 9, admitting 6 at t=4.2 where a
+    store that never sweeps denies it."""
+    scenario = Scenario(
+        Limit(1, 1, 10),
+        SyncTiming(),
+        2,
+        Net(flush_ms=20, max_delay_ms=2600, min_delay_ms=2600),
+        (Op(0, 1, "a", 4), Op(1500, 0, "a", 5), Op(4200, 1, "a", 6)),
+    )
+    swept = scenario.play(sweep=True)
+    kept = scenario.play(sweep=False)
+    assert [d.result >= 0 for d in swept.decisions] == [True, True, False]
+    assert [d.result for d in swept.decisions] == pytest.approx([d.result for d in kept.decisions])
+    now = swept.final_seconds()
+    assert [s.view("a", now).tat for s in swept.stores] == [pytest.approx(1009.0)] * 2
+
+
+# -- replay and restart -----------------------------------------------------------------
+
+
+def _replay_all(cluster: Cluster, now: float) -> dict[tuple[str, str], tuple[KeyView, KeyView]]:
+    """Re-apply every delta ever sent to every node; (before, after) views per node/key."""
+    out = {}
+    for store in cluster.stores:
+        before = {key: store.view(key, now) for key in KEYS}
+        for _, delta in cluster.sent:
+            store.apply(delta, now)
+        for key in KEYS:
+            out[(store.replica, key)] = (before[key], store.view(key, now))
+    return out
+
+
+@scaled(0.5)
+@given(scenarios())
+def test_replaying_every_delta_changes_nothing_while_keys_stay_tracked(
+    scenario: Scenario,
+) -> None:
+    """A consumer re-reading the topic (at-least-once) changes no view, sealed epochs
+    included (late marks make them idempotent), when no key was deleted meanwhile."""
+    cluster = scenario.play(sweep=False)
+    now = cluster.final_seconds()
+    for (replica, key), (before, after) in _replay_all(cluster, now).items():
+        assert after.contributions == before.contributions, (replica, key)
+        assert after.tat == pytest.approx(before.tat, abs=1e-9), (replica, key)
+    assert all(s.stats.late_cost == 0 for s in cluster.stores)
+
+
+@scaled(0.5)
+@given(scenarios())
+def test_replaying_after_idle_deletion_is_at_worst_conservative(scenario: Scenario) -> None:
+    """With idle keys deleted, a full replay never lowers a TAT or a contribution and
+    never admits more (it may count a deleted key's old cells again: see the xfail)."""
+    cluster = scenario.play(sweep=True)
+    now = cluster.final_seconds()
+    for (replica, key), (before, after) in _replay_all(cluster, now).items():
+        assert max(after.tat, now) >= max(before.tat, now) - 1e-9, (replica, key)
+        for r, v in before.contributions.items():
+            assert after.contributions.get(r, 0) >= v, (replica, key)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: late marks are per key, so a replay after the key was deleted as idle "
+    "and re-created counts its sealed cells again as debt (conservative, not exact)",
+)
+def test_replaying_after_idle_deletion_and_recreation_is_exact() -> None:
+    scenario = Scenario(
+        Limit(1, 1, 1),
+        SyncTiming(),
+        2,
+        Net(flush_ms=20),
+        (Op(0, 0, "a", 1), Op(301, 0, "a", 1), Op(4001, 0, "a", 1)),
+    )
+    cluster = scenario.play(sweep=True)
+    now = cluster.final_seconds()
+    views = _replay_all(cluster, now)
+    before, after = views[("r1", "a")]
+    assert before.contributions == {"r0": 1}  # r1 deleted "a" after epoch 1000 sealed
+    assert after.contributions == before.contributions  # fails: {"r0": 2}, TAT + 1 s
+
+
+@scaled(0.5)
+@given(scenarios(), st.integers(1, 5))
+def test_a_restarted_incarnation_bootstraps_to_the_join_and_adds_on_top(
+    scenario: Scenario, cost: int
+) -> None:
+    """A restart is a new replica id: bootstrapping from the topic gives the join, its
+    own admissions start from zero without clashing, and no peer's counter goes back."""
+    cluster = scenario.play()
+    now = cluster.final_seconds()
+    deltas = [d for _, d in cluster.sent]
+    join = _receiver(cluster.limit, cluster.timing, deltas, now)
+    restarted = BucketStore(cluster.limit.policy, "r0/2", cluster.timing)
+    restarted.bootstrapping = True
+    for delta in deltas:
+        restarted.apply(delta, now)
+    restarted.finish_bootstrap(now)
+    for key in KEYS:
+        assert restarted.view(key, now).contributions == join.view(key, now).contributions
+        assert _same_bucket(
+            restarted.view(key, now), join.view(key, now), now, cluster.limit.capacity
+        )
+    peers = cluster.stores[1:]
+    before = {(p.replica, k): p.view(k, now) for p in peers for k in KEYS}
+    cost = min(cost, cluster.limit.capacity)
+    later = now + cluster.limit.capacity / float(cluster.limit.rate) + 1.0
+    assert restarted.acquire("a", cost, later) >= 0
+    shipped = restarted.flush(later)
+    for peer in peers:
+        for delta in shipped:
+            peer.apply(delta, later)
+    for peer in peers:
+        for key in KEYS:
+            old = before[(peer.replica, key)].contributions
+            new = peer.view(key, later).contributions
+            assert all(new.get(r, 0) >= v for r, v in old.items())
+        assert peer.view("a", later).contributions.get("r0/2") == cost
+        assert peer.view("a", later).tokens == pytest.approx(
+            restarted.view("a", later).tokens, abs=1e-6
+        )
+
+
+def test_reusing_a_replica_id_from_zero_would_lose_admissions() -> None:
+    """Why incarnations exist: a process that restarts as "r0" with empty cells ships
+    p=3 for an epoch where the old "r0" shipped p=5; max-merge keeps 5, the 3 vanish."""
+    policy = Limit(1, 1, 10).policy
+    old, peer = BucketStore(policy, "r0"), BucketStore(policy, "r1")
+    old.acquire("a", 5, 100.0)
+    for delta in old.flush(100.0):
+        peer.apply(delta, 100.0)
+    reborn = BucketStore(policy, "r0")
+    reborn.acquire("a", 3, 100.5)
+    for delta in reborn.flush(100.5):
+        peer.apply(delta, 100.5)
+    assert peer.view("a", 100.5).consumed == 5  # not 8: the reason for "r0/2"
+    incarnation = BucketStore(policy, "r0/2")
+    incarnation.acquire("a", 3, 100.5)
+    for delta in incarnation.flush(100.5):
+        peer.apply(delta, 100.5)
+    assert peer.view("a", 100.5).consumed == 8
+
+
+@scaled(0.5)
+@given(scenarios())
+def test_bootstrapping_applies_history_as_history_not_as_debt(scenario: Scenario) -> None:
+    """A node joining long after the traffic reads the whole topic in bootstrap mode:
+    nothing counts as late, and it agrees with the join afterwards."""
+    cluster = scenario.play()
+    later = cluster.final_seconds() + 3600.0
+    fresh = BucketStore(cluster.limit.policy, "r9", cluster.timing)
+    fresh.bootstrapping = True
+    for _, delta in cluster.sent:
+        fresh.apply(delta, later)
+    assert fresh.sweep(later) == 0  # no sealing or deletion while bootstrapping
+    fresh.finish_bootstrap(later)
+    assert fresh.stats.late_entries == 0
+    join = _receiver(cluster.limit, cluster.timing, [d for _, d in cluster.sent], later)
+    for key in KEYS:
+        assert fresh.view(key, later).contributions == join.view(key, later).contributions
+        assert fresh.view(key, later).tat == pytest.approx(join.view(key, later).tat, abs=1e-9)
