@@ -83,12 +83,15 @@ class BucketStore:
         finite_time("now", now)
         width = self._epoch_width
         e = int(now // width)
-        self._e_now = e
-        self._epoch_start = e * width
-        self._epoch_end = (e + 1) * width
         seal = int((now - self._seal_after) // width) - 1
         if seal > self._seal:  # never moves back when the clock steps back
             self._seal = seal
+        # A clock stepped back behind the seal point writes into the first open epoch:
+        # this replica may already have shipped a cell for the sealed epoch and deleted
+        # the key, and a fresh cell there would ship a smaller absolute value.
+        self._e_now = e if e > self._seal else self._seal + 1
+        self._epoch_start = e * width
+        self._epoch_end = (e + 1) * width
 
     @property
     def seal_point(self) -> int:
