@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from crdt.delta import Delta
@@ -24,6 +24,7 @@ from tests.strategies import (
     limits,
     scaled,
     scenarios,
+    seconds,
     timely_nets,
     timings,
     traffic,
@@ -317,3 +318,92 @@ def test_bootstrapping_applies_history_as_history_not_as_debt(scenario: Scenario
     for key in KEYS:
         assert fresh.view(key, later).contributions == join.view(key, later).contributions
         assert fresh.view(key, later).tat == pytest.approx(join.view(key, later).tat, abs=1e-9)
+
+
+# -- clocks stepping back ---------------------------------------------------------------
+
+
+@st.composite
+def jumpy_clock_ops(draw: st.DrawFn) -> list[tuple[int, str, str, int]]:
+    """(t_ms, action, key, cost) with time mostly forward, sometimes seconds back."""
+    steps = draw(
+        st.lists(
+            st.tuples(
+                st.one_of(st.integers(0, 700), st.integers(-9_000, -1), st.integers(1_000, 6_000)),
+                st.sampled_from(["acquire", "acquire", "peer", "flush", "sweep"]),
+                st.sampled_from(KEYS[:2]),
+                st.integers(1, 4),
+            ),
+            min_size=1,
+            max_size=50,
+        )
+    )
+    t = 20_000
+    out = []
+    for step, action, key, cost in steps:
+        t = max(0, t + step)
+        out.append((t, action, key, cost))
+    return out
+
+
+@scaled(1.0)
+@given(limits, timings, jumpy_clock_ops())
+@example(  # a deleted key re-admitted after a 10 s step back used to ship p=1 after p=3
+    Limit(1, 1, 5),
+    SyncTiming(),
+    [
+        (20_000, "acquire", "a", 3),
+        (20_100, "flush", "a", 1),
+        (30_000, "sweep", "a", 1),
+        (20_200, "acquire", "a", 1),
+        (20_300, "flush", "a", 1),
+    ],
+)
+def test_a_clock_stepping_back_never_lowers_sealed_or_merged_state(
+    limit: Limit, timing: SyncTiming, ops: list[tuple[int, str, str, int]]
+) -> None:
+    """The seal point never moves back, a tracked key's TAT and contributions never
+    decrease, and no cell this replica ships for an (epoch, key) ever goes back."""
+    store = BucketStore(limit.policy, "r0", timing)
+    peer = BucketStore(limit.policy, "r1", timing)
+    peer_clock = 0
+    seal = store.seal_point
+    shipped: dict[tuple[str, int], int] = {}
+    for t_ms, action, key, cost in ops:
+        now = seconds(t_ms)
+        before = store.view(key, now)
+        if action == "acquire":
+            store.acquire(key, cost, now)
+        elif action == "peer":
+            peer_clock = max(peer_clock, t_ms)  # the peer's clock is sane
+            peer.acquire(key, cost, seconds(peer_clock))
+            for delta in peer.flush(seconds(peer_clock)):
+                store.apply(delta, now)
+        elif action == "flush":
+            for delta in store.flush(now):
+                for entry in delta.entries:
+                    cell = (delta.key, entry.epoch)
+                    assert entry.p >= shipped.get(cell, 0), (cell, entry)
+                    shipped[cell] = entry.p
+        else:
+            store.sweep(now)
+        after = store.view(key, now)
+        assert store.seal_point >= seal
+        seal = store.seal_point
+        if before.open_epochs and after.open_epochs:  # tracked throughout
+            assert after.tat >= before.tat - 1e-9, (action, before, after)
+            for replica, value in before.contributions.items():
+                assert after.contributions.get(replica, 0) >= value
+
+
+def test_seal_point_is_monotone_and_matches_the_definition() -> None:
+    store = BucketStore(Limit(1, 1, 5).policy, "r0", SyncTiming(epoch=1.0, seal_after=3.0))
+    store.sweep(10.0)
+    # Epoch e is sealed once (e + 1) * epoch + seal_after <= now.
+    assert store.seal_point == 6
+    store.sweep(9.99)
+    assert store.seal_point == 6
+    store.sweep(2.0)  # the clock stepped back 8 s
+    assert store.seal_point == 6
+    store.sweep(11.0)
+    assert store.seal_point == 7
