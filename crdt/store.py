@@ -107,7 +107,7 @@ class BucketStore:
         shortfall (< 0): the bucket holds `result + cost` tokens and lacks `-result`.
         """
         if type(cost) is not int or cost < 1:
-            positive_int("cost", cost)
+            cost = positive_int("cost", cost)
         if not (self._epoch_start <= now < self._epoch_end):
             self._advance(now)
         st = self._keys.get(key)
@@ -134,7 +134,7 @@ class BucketStore:
 
     def refund(self, key: str, cost: int, now: float) -> None:
         """Give back `cost` tokens this replica admitted earlier (a PN-counter decrement)."""
-        positive_int("cost", cost)
+        cost = positive_int("cost", cost)
         if not (self._epoch_start <= now < self._epoch_end):
             self._advance(now)
         st = self._keys.get(key)

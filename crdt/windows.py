@@ -108,7 +108,7 @@ class WindowStore:
 
     def acquire(self, key: str, cost: int, now: float) -> float:
         """Admit `cost` if the window has room: remaining (>= 0) or minus the shortfall."""
-        positive_int("cost", cost)
+        cost = positive_int("cost", cost)
         limit = self.policy.limit
         st = self._state(key, now)
         count = 0.0 if st is None else self._count(st, now)
@@ -127,7 +127,7 @@ class WindowStore:
 
     def refund(self, key: str, cost: int, now: float) -> None:
         """Give back cost admitted by this replica in the current window."""
-        positive_int("cost", cost)
+        cost = positive_int("cost", cost)
         st = self._state(key, now)
         if st is None:
             return
