@@ -11,6 +11,26 @@ from service.app import create_asgi
 from service.settings import Settings, load_settings
 
 
+class OncePer(logging.Filter):
+    """Pass a given message template from loggers under `prefix` once per `seconds`."""
+
+    def __init__(self, seconds: float, prefix: str) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.prefix = prefix
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        key = (record.name, record.msg)
+        last = self._last.get(key)
+        if last is not None and record.created - last < self.seconds:
+            return False
+        self._last[key] = record.created
+        return True
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, e.g. --node-id, --kafka, --rate, --burst, --flush-ms."""
     for name, field in Settings.model_fields.items():
@@ -33,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format=f"%(asctime)s {settings.node_id} %(levelname)s %(name)s: %(message)s",
     )
+    # aiokafka logs every failed reconnect (thousands a second during an outage); the
+    # node logs the outage itself, so keep one line per kind of client message per minute.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OncePer(60.0, prefix="aiokafka"))
     uvicorn.run(
         create_asgi(settings),
         host=settings.host,

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from service.errors import RateLimiterError
+
+log = logging.getLogger("ratelimiter.statelog")
+
+_FATAL_PRODUCER_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+    ProducerClosed,
+)
 
 
 class PublishFailed(RateLimiterError):
@@ -84,16 +102,18 @@ class KafkaStateLog:
         self.partitions = partitions
         self._tps = [TopicPartition(topic, p) for p in range(partitions)]
         extra = security or {}
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=f"{client_id}-producer",
-            enable_idempotence=True,  # implies acks=all; retries never duplicate or reorder
-            linger_ms=linger_ms,
-            max_batch_size=1 << 20,
-            max_request_size=8 << 20,
-            request_timeout_ms=request_timeout_ms,
+        self._producer_options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "client_id": f"{client_id}-producer",
+            "enable_idempotence": True,  # implies acks=all; retries never duplicate or reorder
+            "linger_ms": linger_ms,
+            "max_batch_size": 1 << 20,
+            "max_request_size": 8 << 20,
+            "request_timeout_ms": request_timeout_ms,
             **extra,
-        )
+        }
+        self._producer = AIOKafkaProducer(**self._producer_options)
+        self._producer_broken = False
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             client_id=f"{client_id}-consumer",
@@ -123,7 +143,27 @@ class KafkaStateLog:
         await self._producer.stop()
         await self._consumer.stop()
 
+    async def _replace_producer(self) -> None:
+        # aiokafka never recovers an idempotent producer whose sequence numbers the
+        # broker rejects (after timed-out batches and a broker restart, every send fails
+        # with OutOfOrderSequenceNumber); a new producer gets a new producer id. Safe: we
+        # resend absolute values anyway.
+        old, self._producer = self._producer, AIOKafkaProducer(**self._producer_options)
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await old.stop()
+        except (KafkaError, TimeoutError):
+            log.warning("the old producer did not stop cleanly; replaced it anyway")
+        await self._producer.start()
+        self._producer_broken = False
+        log.info("replaced the Kafka producer after a fatal producer error")
+
     async def publish(self, records: Sequence[OutRecord]) -> None:
+        if self._producer_broken:
+            try:
+                await self._replace_producer()
+            except KafkaError as exc:
+                raise PublishFailed(f"cannot restart the producer: {exc!r}") from exc
         # aiokafka only asserts the partition exists, after earlier records were sent.
         for r in records:
             if not 0 <= r.partition < self.partitions:
@@ -140,6 +180,8 @@ class KafkaStateLog:
         except (KafkaError, TimeoutError) as exc:
             raise PublishFailed(f"publishing {len(records)} records failed: {exc!r}") from exc
         failed = [r for r in results if isinstance(r, BaseException)]
+        if any(isinstance(r, _FATAL_PRODUCER_ERRORS) for r in failed):
+            self._producer_broken = True
         if failed:
             raise PublishFailed(f"{len(failed)} of {len(records)} records failed: {failed[0]!r}")
 

@@ -197,6 +197,8 @@ class Replicator:
         except PublishFailed as exc:
             if self.broker_ok:
                 log.warning("publish failed, buffering %d keys: %s", len(self._pending), exc)
+            else:
+                log.debug("publish failed again: %s", exc)
             self.broker_ok = False
             self.metrics.broker_up.set(0)
             self.metrics.publish_failures.inc()
