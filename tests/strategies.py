@@ -317,8 +317,11 @@ class Cluster:
                 self._channel[(node, peer)] = at
             self._push(at, _DELIVER, peer, delta)
             if net.duplicate and rng.random() < net.duplicate:
-                # A re-read: out of order, but within the same delay bound.
-                again = sent + rng.randint(net.min_delay_ms, net.max_delay_ms)
+                # Within the same delay bound. On a FIFO channel (a Kafka partition) a
+                # duplicate is a re-read: it comes after the original, so never before
+                # an older record of the same writer.
+                first = at if net.fifo else sent + net.min_delay_ms
+                again = rng.randint(first, max(first, sent + net.max_delay_ms))
                 self._push(again, _DELIVER, peer, delta)
 
     def final_seconds(self) -> float:

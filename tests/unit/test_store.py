@@ -48,7 +48,7 @@ def _same_bucket(a: KeyView, b: KeyView, now: float, capacity: int) -> bool:
     return abs(max(a.tat, now) - max(b.tat, now)) <= 1e-9 * max(1.0, abs(now)) + 1e-9 * capacity
 
 
-@scaled(0.5)
+@scaled(1.0)
 @given(scenarios(), st.randoms(use_true_random=False))
 def test_delta_apply_in_any_order_with_duplicates_is_the_full_state_merge(
     scenario: Scenario, rnd: random.Random
@@ -72,7 +72,7 @@ def test_delta_apply_in_any_order_with_duplicates_is_the_full_state_merge(
         assert a.tat == pytest.approx(fold_tat(mine, cluster.limit.policy.interval), abs=1e-9)
 
 
-@scaled(0.5)
+@scaled(1.0)
 @given(scenarios(refunds=False), st.randoms(use_true_random=False))
 def test_applying_a_delta_never_lowers_state(scenario: Scenario, rnd: random.Random) -> None:
     """Inflationary: no delta, however stale or repeated, lowers a TAT or a contribution."""
@@ -90,7 +90,7 @@ def test_applying_a_delta_never_lowers_state(scenario: Scenario, rnd: random.Ran
             assert after.contributions.get(replica, 0) >= value
 
 
-@scaled(0.5)
+@scaled(1.0)
 @given(scenarios())
 def test_nodes_converge_exactly_to_the_join_within_the_sync_bound(scenario: Scenario) -> None:
     """Random delays below seal_after, duplicates and (when not FIFO) reordering: every
@@ -112,7 +112,7 @@ def test_nodes_converge_exactly_to_the_join_within_the_sync_bound(scenario: Scen
         assert all(s.stats.late_entries == 0 for s in cluster.stores)
 
 
-@scaled(0.5)
+@scaled(1.0)
 @given(
     limits,
     timings,
@@ -193,7 +193,7 @@ def _replay_all(cluster: Cluster, now: float) -> dict[tuple[str, str], tuple[Key
     return out
 
 
-@scaled(0.5)
+@scaled(1.0)
 @given(scenarios())
 def test_replaying_every_delta_changes_nothing_while_keys_stay_tracked(
     scenario: Scenario,
@@ -208,7 +208,7 @@ def test_replaying_every_delta_changes_nothing_while_keys_stay_tracked(
     assert all(s.stats.late_cost == 0 for s in cluster.stores)
 
 
-@scaled(0.5)
+@scaled(1.0)
 @given(scenarios())
 def test_replaying_after_idle_deletion_is_at_worst_conservative(scenario: Scenario) -> None:
     """With idle keys deleted, a full replay never lowers a TAT or a contribution and
@@ -242,7 +242,7 @@ def test_replaying_after_idle_deletion_and_recreation_is_exact() -> None:
     assert after.contributions == before.contributions  # fails: {"r0": 2}, TAT + 1 s
 
 
-@scaled(0.5)
+@scaled(1.0)
 @given(scenarios(), st.integers(1, 5))
 def test_a_restarted_incarnation_bootstraps_to_the_join_and_adds_on_top(
     scenario: Scenario, cost: int
@@ -303,7 +303,7 @@ def test_reusing_a_replica_id_from_zero_would_lose_admissions() -> None:
     assert peer.view("a", 100.5).consumed == 8
 
 
-@scaled(0.5)
+@scaled(1.0)
 @given(scenarios())
 def test_bootstrapping_applies_history_as_history_not_as_debt(scenario: Scenario) -> None:
     """A node joining long after the traffic reads the whole topic in bootstrap mode:
@@ -568,3 +568,94 @@ def test_re_admitting_an_evicted_key_in_the_same_epoch_loses_nothing() -> None:
     for delta in store.flush(100.3):
         peer.apply(delta, 100.3)
     assert peer.view("hot", 100.3).consumed == 5  # is 3: the 2 are lost
+
+
+# -- beyond the sync bound: outages and partitions ----------------------------------------
+
+
+@st.composite
+def partitioned(draw: st.DrawFn) -> Scenario:
+    """A node cut off for longer than seal_after: its cells arrive late, in order."""
+    base = draw(scenarios(min_nodes=2, max_nodes=3, fifo=True))
+    last = base.ops[-1].t_ms
+    start = draw(st.integers(0, max(0, last)))
+    length = draw(st.integers(int(base.timing.seal_after * 1000) + 500, 12_000))
+    cut = draw(st.integers(0, base.nodes - 1))
+    net = Net(
+        flush_ms=base.net.flush_ms,
+        max_delay_ms=min(base.net.max_delay_ms, 300),
+        duplicate=base.net.duplicate,
+        seed=base.net.seed,
+        partitions=((start, start + length, cut),),
+    )
+    return Scenario(base.limit, base.timing, base.nodes, net, base.ops)
+
+
+@scaled(1.0)
+@given(partitioned())
+def test_late_cells_after_a_partition_are_counted_once_and_conservatively(
+    scenario: Scenario,
+) -> None:
+    """Cells arriving after their epoch was sealed become debt: every node ends with
+    every replica's exact contribution (nothing lost, nothing counted twice despite
+    duplicates) and a TAT at most one epoch before the lattice fold's (the late cost
+    is all there; only where it started within its sealed epoch is approximated)."""
+    cluster = scenario.play(sweep=False)
+    now = cluster.final_seconds()
+    deltas = [d for _, d in cluster.sent]
+    join = _receiver(cluster.limit, cluster.timing, deltas, now)
+    for key in KEYS:
+        expected = join.view(key, now)
+        fold = fold_tat([d for d in deltas if d.key == key], cluster.limit.policy.interval)
+        assert expected.tat == pytest.approx(fold, abs=1e-9)
+        for store in cluster.stores:
+            view = store.view(key, now)
+            assert view.contributions == expected.contributions, (store.replica, key)
+            # Debt stacks on this node's own floor of the sealed epoch; the late
+            # writer's floor there may have been later, by less than one epoch.
+            slack = cluster.timing.epoch
+            assert view.tat >= expected.tat - slack - 1e-9, (store.replica, key)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: with refunds, cascaded floors are max-registers computed from the "
+    "epoch's consumption at the time, so a refund merged after a later epoch's floor "
+    "was raised leaves it raised (conservative, order-dependent)",
+)
+def test_refunds_merge_in_any_order() -> None:
+    policy = Limit(1, 2, 1).policy
+    deltas = [
+        Delta("a", "r0", (Entry(1000, 1000.0, 1, 0),)),
+        Delta("a", "r0", (Entry(1002, 1002.247, 1, 0),)),
+        Delta("a", "r0", (Entry(1002, 1002.247, 1, 1),)),
+        Delta("a", "r1", (Entry(1003, 1003.0, 1, 0),)),
+    ]
+    in_order = _receiver(Limit(1, 2, 1), SyncTiming(), deltas, 1010.0)
+    last_first = _receiver(Limit(1, 2, 1), SyncTiming(), deltas[-1:] + deltas[:-1], 1010.0)
+    assert policy.rate == 0.5
+    assert in_order.view("a", 1010.0).tat == pytest.approx(1005.0)
+    assert last_first.view("a", 1010.0).tat == pytest.approx(1005.0)  # is 1006.247
+
+
+@scaled(1.0)
+@given(scenarios(refunds=True), st.randoms(use_true_random=False))
+def test_refunds_merge_conservatively_in_any_order(scenario: Scenario, rnd: random.Random) -> None:
+    """With refunds, contributions are still exact in any order, and the TAT is never
+    before the lattice fold of the final cells (refunds are never over-credited)."""
+    cluster = scenario.play()
+    now = cluster.final_seconds()
+    deltas = [d for _, d in cluster.sent]
+    shuffled = rnd.sample(deltas, k=len(deltas))
+    full = entries_max(deltas)
+    for order in (deltas, shuffled):
+        rx = _receiver(cluster.limit, cluster.timing, order, now)
+        exact = _receiver(cluster.limit, cluster.timing, full, now)
+        for key in KEYS:
+            assert rx.view(key, now).contributions == exact.view(key, now).contributions
+            fold = fold_tat([d for d in full if d.key == key], cluster.limit.policy.interval)
+            assert rx.view(key, now).tat >= fold - 1e-9
+    for store in cluster.stores:
+        for key in KEYS:
+            fold = fold_tat([d for d in full if d.key == key], cluster.limit.policy.interval)
+            assert max(store.view(key, now).tat, now) >= max(fold, now) - 1e-9
