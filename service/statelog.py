@@ -4,30 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    KafkaError,
-    OutOfOrderSequenceNumber,
-    ProducerClosed,
-    ProducerFenced,
-    UnknownProducerId,
-)
+from aiokafka.errors import KafkaError
 
 from service.errors import RateLimiterError
 
 log = logging.getLogger("ratelimiter.statelog")
 
-_FATAL_PRODUCER_ERRORS = (
-    OutOfOrderSequenceNumber,
-    UnknownProducerId,
-    InvalidProducerEpoch,
-    ProducerFenced,
-    ProducerClosed,
-)
+RECONNECT_BACKOFF_S = 0.5
+
+
+async def _quietly_stop(producer: AIOKafkaProducer) -> None:
+    try:
+        async with asyncio.timeout(10):
+            await producer.stop()
+    except (KafkaError, TimeoutError):
+        log.debug("a replaced producer did not stop cleanly")
 
 
 class PublishFailed(RateLimiterError):
@@ -114,6 +110,8 @@ class KafkaStateLog:
         }
         self._producer = AIOKafkaProducer(**self._producer_options)
         self._producer_broken = False
+        self._retry_at = 0.0
+        self._retired: set[asyncio.Task[None]] = set()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             client_id=f"{client_id}-consumer",
@@ -141,29 +139,34 @@ class KafkaStateLog:
 
     async def stop(self) -> None:
         await self._producer.stop()
+        for old in list(self._retired):
+            await _quietly_stop(old)
         await self._consumer.stop()
 
     async def _replace_producer(self) -> None:
-        # aiokafka never recovers an idempotent producer whose sequence numbers the
-        # broker rejects (after timed-out batches and a broker restart, every send fails
-        # with OutOfOrderSequenceNumber); a new producer gets a new producer id. Safe: we
-        # resend absolute values anyway.
+        # A producer that timed out or was rejected is replaced rather than retried:
+        # aiokafka keeps retrying its timed-out batches for request_timeout_ms after the
+        # broker returns, and never recovers an idempotent producer whose sequence
+        # numbers the broker rejects (OutOfOrderSequenceNumber after a restart). A new
+        # producer has a new producer id; resending is safe (absolute values).
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise PublishFailed("the Kafka producer is reconnecting")
+        self._retry_at = now + RECONNECT_BACKOFF_S
         old, self._producer = self._producer, AIOKafkaProducer(**self._producer_options)
+        task = asyncio.create_task(_quietly_stop(old))  # may take long: never wait for it
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
         try:
-            async with asyncio.timeout(self._send_timeout):
-                await old.stop()
-        except (KafkaError, TimeoutError):
-            log.warning("the old producer did not stop cleanly; replaced it anyway")
-        await self._producer.start()
+            await self._producer.start()
+        except KafkaError as exc:
+            raise PublishFailed(f"cannot reconnect the producer: {exc!r}") from exc
         self._producer_broken = False
-        log.info("replaced the Kafka producer after a fatal producer error")
+        log.info("reconnected the Kafka producer")
 
     async def publish(self, records: Sequence[OutRecord]) -> None:
         if self._producer_broken:
-            try:
-                await self._replace_producer()
-            except KafkaError as exc:
-                raise PublishFailed(f"cannot restart the producer: {exc!r}") from exc
+            await self._replace_producer()
         # aiokafka only asserts the partition exists, after earlier records were sent.
         for r in records:
             if not 0 <= r.partition < self.partitions:
@@ -178,11 +181,11 @@ class KafkaStateLog:
                 ]
                 results = await asyncio.gather(*futures, return_exceptions=True)
         except (KafkaError, TimeoutError) as exc:
+            self._producer_broken = True
             raise PublishFailed(f"publishing {len(records)} records failed: {exc!r}") from exc
         failed = [r for r in results if isinstance(r, BaseException)]
-        if any(isinstance(r, _FATAL_PRODUCER_ERRORS) for r in failed):
-            self._producer_broken = True
         if failed:
+            self._producer_broken = True
             raise PublishFailed(f"{len(failed)} of {len(records)} records failed: {failed[0]!r}")
 
     async def end_offsets(self) -> dict[int, int]:
