@@ -81,6 +81,8 @@ class WindowStore:
         self._keys: dict[str, WindowState] = {}
         self._dirty: set[str] = set()
         self._pending: list[Delta] = []
+        self._sweep_keys: list[str] = []
+        self._sweep_pos = 0
 
     def _window(self, now: float) -> int:
         return int(finite_time("now", now) // self.policy.window)
@@ -88,6 +90,11 @@ class WindowStore:
     def _count(self, st: WindowState, now: float) -> float:
         # Read-only: the state may still hold an older window as current.
         w = self._window(now)
+        if st.cur > w:
+            # A peer's clock is ahead (or ours stepped back): the state already holds a
+            # later window, where an admission now would be recorded. Count everything
+            # held, so our own window is not read as empty.
+            return float(st.cur_used + (st.prev_used if st.cur == w + 1 else 0))
         if st.cur == w:
             cur, prev = st.cur_used, st.prev_used
         elif st.cur == w - 1:
@@ -211,13 +218,20 @@ class WindowStore:
         )
 
     def sweep(self, now: float, budget: int = 10_000) -> int:
-        """Delete keys whose windows are all too old to matter."""
+        """Delete keys whose windows are all too old to matter, visiting at most `budget`
+        keys; successive calls continue where the last one stopped."""
         w = self._window(now)
+        keys = self._keys
         deleted = 0
-        for key in list(self._keys)[:budget]:
-            st = self._keys[key]
-            if st.cur < w - 1 and key not in self._dirty:
-                del self._keys[key]
+        for _ in range(min(budget, len(keys))):
+            if self._sweep_pos >= len(self._sweep_keys):
+                self._sweep_keys = list(keys)
+                self._sweep_pos = 0
+            key = self._sweep_keys[self._sweep_pos]
+            self._sweep_pos += 1
+            st = keys.get(key)
+            if st is not None and st.cur < w - 1 and key not in self._dirty:
+                del keys[key]
                 deleted += 1
         self.stats.deleted_idle += deleted
         return deleted
