@@ -32,3 +32,10 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> fl
             raise AssertionError(f"not within {timeout_s}s: {what}")
         time.sleep(0.01)
     return time.monotonic() - started
+
+
+def hold(seconds: float) -> None:
+    """Let a fault or a load phase last `seconds` (a duration under test, not a sync wait)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))  # until the deadline
