@@ -181,11 +181,20 @@ class Node:
         replicator.start()
         self._set_ready()
 
+    def maintain(self) -> None:
+        """Seal old epochs and forget idle keys (the sweep loop calls this periodically)."""
+        now = self.clock()
+        if self.settings.standalone:
+            # No peers to ship deltas to; flushing clears the dirty marks that would
+            # otherwise keep every key from ever counting as idle.
+            self.engine.flush(now)
+        self.engine.sweep(now, SWEEP_BUDGET)
+
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             try:
-                self.engine.sweep(self.clock(), SWEEP_BUDGET)
+                self.maintain()
             except Exception:
                 log.exception("sweep failed")
 
