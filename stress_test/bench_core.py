@@ -81,13 +81,28 @@ QUICK = Sizes(
 )
 
 
-def _median_rate(runs: int, calls: int, once: Callable[[], float]) -> float:
-    """Median of `calls / seconds` over `runs` timed repetitions of `once`."""
-    rates = []
+@dataclass(frozen=True)
+class Timed:
+    """A figure to measure: `once()` runs `calls` operations and returns the seconds."""
+
+    calls: int
+    once: Callable[[], float]
+
+
+def _median_rates(figures: dict[str, Timed], runs: int) -> dict[str, float]:
+    """Median of calls / seconds per figure over `runs` rounds. Figures take turns within
+    each round, so load from other processes drifting over time hits all of them alike
+    and their ratios stay fair."""
+    rates: dict[str, list[float]] = {name: [] for name in figures}
     for _ in range(runs):
-        gc.collect()
-        rates.append(calls / once())
-    return statistics.median(rates)
+        for name, figure in figures.items():
+            gc.collect()
+            rates[name].append(figure.calls / figure.once())
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def _median_rate(runs: int, figure: Timed) -> float:
+    return _median_rates({"figure": figure}, runs)["figure"]
 
 
 def _sequence(keys: Sequence[str], calls: int, seed: int) -> list[str]:
@@ -115,27 +130,28 @@ def _decide(store: BucketStore, sequence: list[str], now: float) -> tuple[float,
     return time.perf_counter() - started, now, admitted
 
 
-def bench_decisions(sizes: Sizes, rate: float, burst: int) -> tuple[float, float]:
-    """(decisions/s, admitted fraction) on hot keys, one store across repetitions."""
+def bench_decisions(sizes: Sizes, rate: float, burst: int) -> tuple[Timed, Callable[[], float]]:
+    """Decisions on hot keys, one store across repetitions; and the admitted fraction."""
     store = BucketStore(BucketPolicy(rate, burst), "bench/1")
     sequence = _sequence(_keys(sizes.hot_keys), sizes.hot_calls, seed=1)
     now = START
     _, now, _ = _decide(store, sequence[: len(sequence) // 10], now)  # warm up
     admitted_total = 0
+    calls_total = 0
 
     def once() -> float:
-        nonlocal now, admitted_total
+        nonlocal now, admitted_total, calls_total
         seconds, now, admitted = _decide(store, sequence, now)
         admitted_total += admitted
+        calls_total += len(sequence)
         store.flush(now)
         store.sweep(now)
         return seconds
 
-    rate_per_s = _median_rate(sizes.repeat, sizes.hot_calls, once)
-    return rate_per_s, admitted_total / (sizes.hot_calls * sizes.repeat)
+    return Timed(sizes.hot_calls, once), lambda: admitted_total / max(calls_total, 1)
 
 
-def bench_decisions_with_flush(sizes: Sizes) -> float:
+def bench_decisions_with_flush(sizes: Sizes) -> Timed:
     """Hot-key decisions/s including a flush (deltas out) every 20 ms of cluster time."""
     store = BucketStore(BucketPolicy(HOT_RATE, HOT_BURST), "bench/1")
     sequence = _sequence(_keys(sizes.hot_keys), sizes.hot_calls, seed=1)
@@ -153,7 +169,7 @@ def bench_decisions_with_flush(sizes: Sizes) -> float:
                 flush(now)
         return time.perf_counter() - started
 
-    return _median_rate(sizes.repeat, sizes.hot_calls, once)
+    return Timed(sizes.hot_calls, once)
 
 
 def bench_many_keys(sizes: Sizes) -> float:
@@ -174,7 +190,7 @@ def bench_many_keys(sizes: Sizes) -> float:
         store.sweep(now, budget=sizes.many_keys)  # untimed maintenance, as a node runs it
         return seconds
 
-    return _median_rate(sizes.repeat, sizes.many_calls, once)
+    return _median_rate(sizes.repeat, Timed(sizes.many_calls, once))
 
 
 def _traced_bytes_per_key(keys: list[str], times: Sequence[float]) -> float:
@@ -254,13 +270,13 @@ def bench_merge(sizes: Sizes) -> float:
             reader.sweep(at, budget=len(batch))
         return elapsed
 
-    return _median_rate(sizes.repeat, count, once)
+    return _median_rate(sizes.repeat, Timed(count, once))
 
 
 # -- the yardsticks --------------------------------------------------------------------------
 
 
-def bench_limits(sizes: Sizes, strategy: str, item_text: str) -> float:
+def bench_limits(sizes: Sizes, strategy: str, item_text: str) -> tuple[Timed, Callable[[], None]]:
     """hit() per call of the `limits` library's in-memory strategy (it reads the clock)."""
     storage = MemoryStorage()
     limiter = (
@@ -278,16 +294,16 @@ def bench_limits(sizes: Sizes, strategy: str, item_text: str) -> float:
             hit(item, key)
         return time.perf_counter() - started
 
-    try:
-        return _median_rate(sizes.repeat, sizes.limits_calls, once)
-    finally:
+    def close() -> None:
         storage.reset()
         timer = getattr(storage, "timer", None)
         if timer is not None:
             timer.cancel()
 
+    return Timed(sizes.limits_calls, once), close
 
-def bench_naive(sizes: Sizes) -> float:
+
+def bench_naive(sizes: Sizes) -> Timed:
     """A dict of floats (GCRA TAT per key): the least a Python token bucket can do."""
     interval = 1.0 / HOT_RATE
     limit = HOT_BURST * interval
@@ -308,7 +324,7 @@ def bench_naive(sizes: Sizes) -> float:
                 tats[key] = tat + interval
         return time.perf_counter() - started
 
-    return _median_rate(sizes.repeat, sizes.hot_calls, once)
+    return Timed(sizes.hot_calls, once)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -327,30 +343,50 @@ def _cpu_model() -> str:
 def run(sizes: Sizes) -> dict[str, object]:
     """Every figure, in one process, in a fixed order."""
     started = time.perf_counter()
-    decisions, admitted = bench_decisions(sizes, HOT_RATE, HOT_BURST)
-    decisions_denied, admitted_denied = bench_decisions(sizes, DENY_RATE, DENY_BURST)
-    with_flush = bench_decisions_with_flush(sizes)
+    hot, admitted = bench_decisions(sizes, HOT_RATE, HOT_BURST)
+    hot_denied, admitted_denied = bench_decisions(sizes, DENY_RATE, DENY_BURST)
+    moving_timed, close_moving = bench_limits(sizes, "moving", HOT_ITEM)
+    fixed_timed, close_fixed = bench_limits(sizes, "fixed", HOT_ITEM)
+    denied_timed, close_denied = bench_limits(sizes, "moving", DENY_ITEM)
+    try:
+        rates = _median_rates(
+            {
+                "decisions": hot,
+                "limits_moving": moving_timed,
+                "limits_fixed": fixed_timed,
+                "naive": bench_naive(sizes),
+                "decisions_denied": hot_denied,
+                "limits_moving_denied": denied_timed,
+                "with_flush": bench_decisions_with_flush(sizes),
+            },
+            sizes.repeat,
+        )
+    finally:
+        for close in (close_moving, close_fixed, close_denied):
+            close()
+    decisions, moving, fixed, naive = (
+        rates["decisions"],
+        rates["limits_moving"],
+        rates["limits_fixed"],
+        rates["naive"],
+    )
     many = bench_many_keys(sizes)
     merge = bench_merge(sizes)
-    moving = bench_limits(sizes, "moving", HOT_ITEM)
-    fixed = bench_limits(sizes, "fixed", HOT_ITEM)
-    moving_denied = bench_limits(sizes, "moving", DENY_ITEM)
-    naive = bench_naive(sizes)
     bytes_per_key, bytes_state, bytes_active = bench_memory(sizes)
     return {
         "decisions_per_s": round(decisions),
-        "admitted_fraction": round(admitted, 4),
-        "decisions_per_s_with_flush": round(with_flush),
+        "admitted_fraction": round(admitted(), 4),
+        "decisions_per_s_with_flush": round(rates["with_flush"]),
         "decisions_per_s_1m_keys": round(many),
-        "decisions_per_s_mostly_denied": round(decisions_denied),
-        "admitted_fraction_mostly_denied": round(admitted_denied, 4),
+        "decisions_per_s_mostly_denied": round(rates["decisions_denied"]),
+        "admitted_fraction_mostly_denied": round(admitted_denied(), 4),
         "bytes_per_key": round(bytes_per_key, 1),
         "bytes_per_key_state": round(bytes_state, 1),
         "bytes_per_key_state_busy_every_epoch": round(bytes_active, 1),
         "merge_records_per_s": round(merge),
         "limits_moving_window_per_s": round(moving),
         "limits_fixed_window_per_s": round(fixed),
-        "limits_moving_window_mostly_denied_per_s": round(moving_denied),
+        "limits_moving_window_mostly_denied_per_s": round(rates["limits_moving_denied"]),
         "naive_dict_bucket_per_s": round(naive),
         "decisions_vs_limits_moving": round(decisions / moving, 2),
         "decisions_vs_limits_fixed": round(decisions / fixed, 2),
