@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.serve_cli", "run one rate limiter node"),
     "kafka": ("service.broker.cli", "run a local single-node KRaft Kafka broker"),
     "simulate": ("service.simulate_cli", "simulate a cluster: admitted vs ideal vs bound"),
+    "demo": ("service.demo_cli", "the bucket at work: 30 requests on one node or a cluster"),
     "swarm": ("service.swarm_cli", "a Locust swarm on a local cluster, with an accuracy report"),
 }
 
