@@ -13,15 +13,18 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from service import http_errors
-from service.errors import BadRequest, Unauthorized
+from service.errors import BadRequest, Unauthorized, UnknownRule
 from service.fastpath import (
     MAX_USER_ID_BYTES,
     FastPath,
     Protector,
     ceil_ms,
+    policy_header,
     validate_user_id,
 )
 from service.node import Node
+from service.rules import Rule, RuleSet, rule_from_mapping
+from service.rules_sync import change_rule
 from service.settings import Settings
 
 
@@ -104,6 +107,11 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     http_errors.install(app)
     protector = Protector(node)
 
+    def refresh_policies(rules: RuleSet) -> None:
+        protector.policies = {rule.name: policy_header(rule) for rule in rules.all()}
+
+    node.rules_listeners.append(refresh_policies)
+
     @app.post(
         "/protected",
         responses={
@@ -157,7 +165,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
         """Admin: give `cost` back to `key` (a PN-counter decrement replicated to peers)."""
         require_admin(settings, authorization)
         rule = node.rules.get(body.limit) if body.limit else node.rules.default
-        node.engine.limiters[rule.name].refund(body.key, body.cost, node.clock())
+        node.engine.limiter(rule).refund(body.key, body.cost, node.clock())
         view = node.engine.view(body.key, rule)
         return _json({"key": body.key, "rule": rule.name, "tokens": round(view.tokens, 6)})
 
@@ -181,6 +189,58 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
                 "open_epochs": view.open_epochs,
                 "node": node.settings.node_id,
                 "replica": node.replica,
+            }
+        )
+
+    @app.get("/v1/rules")
+    async def list_rules() -> Response:
+        """The rules in force, first match first: from the --rules file or the rules topic."""
+        return _json(
+            {
+                "rules": [
+                    {
+                        **rule.model_dump(exclude_none=True),
+                        "source": "topic" if rule.name in node.topic_rules else "file",
+                        "wire": node.engine.wire[rule.name],
+                    }
+                    for rule in node.rules.all()
+                ],
+                "rules_topic": None if node.rules_feed is None else settings.rules_topic,
+            }
+        )
+
+    @app.put("/v1/rules/{name}", responses={401: {"description": "missing or wrong token"}})
+    async def put_rule(
+        name: str, request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """Admin: put a rule (JSON body) on the rules topic; every node applies it."""
+        require_admin(settings, authorization)
+        try:
+            data = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the body is not JSON: {exc}") from exc
+        rule = rule_from_mapping(data, name)
+        applied = await change_rule(node, name, rule)
+        return _json({"rule": rule.model_dump(exclude_none=True), "applied": applied})
+
+    @app.delete("/v1/rules/{name}", responses={401: {"description": "missing or wrong token"}})
+    async def delete_rule(
+        name: str, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """Admin: delete a rule override from the rules topic (a file rule comes back)."""
+        require_admin(settings, authorization)
+        if name not in node.topic_rules:
+            raise UnknownRule(
+                f"no rule {name!r} on the rules topic (rules of the --rules file can be "
+                "overridden, not deleted)"
+            )
+        applied = await change_rule(node, name, None)
+        restored: Rule | None = next((r for r in node.rules.all() if r.name == name), None)
+        return _json(
+            {
+                "deleted": name,
+                "applied": applied,
+                "now": None if restored is None else restored.model_dump(exclude_none=True),
             }
         )
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 from typing import NamedTuple
+
+import orjson
 
 from crdt.delta import Delta
 from crdt.limiter import Limiter, make_limiter, timing
@@ -12,6 +15,24 @@ from crdt.policy import SyncTiming
 from crdt.store import KeyView
 from service.clock import Clock
 from service.rules import Rule, RuleSet
+
+WIRE_SEP = "~"  # never in a rule name (RULE_NAME), so a wire name splits unambiguously
+MAX_WIRE_CHARS = 64  # codec.MAX_RULE_CHARS
+
+
+def wire_name(rule: Rule, base: RuleSet) -> str:
+    """The rule's name in state records: plain while its limits are those of the base
+    (--rules file) rule of that name, else suffixed with a digest of its limits.
+
+    A function of the rule and the file only, so every node (and a node started later)
+    picks the same name for the same limits, and consumption recorded under other
+    limits is never merged into this rule's buckets.
+    """
+    for held in base.all():
+        if held.name == rule.name and held.limits == rule.limits:
+            return rule.name
+    digest = hashlib.sha256(orjson.dumps([rule.name, *rule.limits])).hexdigest()[:10]
+    return f"{rule.name[: MAX_WIRE_CHARS - len(digest) - 1]}{WIRE_SEP}{digest}"
 
 
 class Decision(NamedTuple):
@@ -27,7 +48,11 @@ class Decision(NamedTuple):
 
 
 class Engine:
-    """Routes keys to rules and decides locally; never touches the network."""
+    """Routes keys to rules and decides locally; never touches the network.
+
+    `limiters` holds one limiter per wire name (the rule name in state records): the
+    rules in force and, until their keys are idle, retired ones whose limits changed.
+    """
 
     def __init__(
         self,
@@ -41,10 +66,41 @@ class Engine:
         self.clock = clock
         self.sync_timing = sync_timing
         self.max_keys = max_keys
+        self.base = rules  # these rules keep their plain names on the wire
         self.rules = rules
         self.limiters: dict[str, Limiter] = {}
+        self.wire: dict[str, str] = {}  # rule name -> wire name
+        self._active: dict[str, Limiter] = {}  # rule name -> limiter
+        self.replace_rules(rules)
+
+    def replace_rules(self, rules: RuleSet) -> list[str]:
+        """Put `rules` in force; returns the names of rules whose limiter starts empty.
+
+        A rule whose limits equal those of a limiter held (same wire name) keeps it and
+        its state; changing only matching or `shadow` keeps state. A rule whose limits
+        changed gets a new limiter, so every key is full under the new limits. The old
+        limiter stays until its keys are idle: it ships what it admitted, keeps merging
+        peers still on the old limits, and is taken up again if the limits come back.
+        """
+        bootstrapping = self.limiters_bootstrapping()
+        active: dict[str, Limiter] = {}
+        wire: dict[str, str] = {}
+        fresh: list[str] = []
         for rule in rules.all():
-            self.limiters[rule.name] = self._limiter_for(rule)
+            name = wire_name(rule, self.base)
+            limiter = self.limiters.get(name)
+            if limiter is None:
+                limiter = self.limiters[name] = self._limiter_for(rule)
+                limiter.bootstrapping = bootstrapping
+                fresh.append(rule.name)
+            active[rule.name] = limiter
+            wire[rule.name] = name
+        self.rules, self._active, self.wire = rules, active, wire
+        return fresh
+
+    def limiter(self, rule: Rule) -> Limiter:
+        """The limiter in force for `rule`."""
+        return self._active[rule.name]
 
     def _limiter_for(self, rule: Rule) -> Limiter:
         return make_limiter(
@@ -61,7 +117,7 @@ class Engine:
         """Admit or deny `cost` for `key` under `rule` (shadow rules never deny)."""
         if now is None:
             now = self.clock()
-        limiter = self.limiters[rule.name]
+        limiter = self._active[rule.name]
         result = limiter.acquire(key, cost, now)
         allowed = result >= 0
         if rule.algorithm == "token_bucket" and allowed:
@@ -78,7 +134,7 @@ class Engine:
 
     def view(self, key: str, rule: Rule, now: float | None = None) -> KeyView:
         """The merged state of `key` under `rule`."""
-        return self.limiters[rule.name].view(key, self.clock() if now is None else now)
+        return self._active[rule.name].view(key, self.clock() if now is None else now)
 
     def flush(self, now: float) -> list[tuple[str, Delta]]:
         """(rule name, delta) for every key changed since the last flush."""
@@ -88,20 +144,31 @@ class Engine:
         return out
 
     def apply(self, items: Iterable[tuple[str, Delta]], now: float) -> int:
-        """Merge peers' deltas; returns how many named a rule this node does not have."""
+        """Merge peers' deltas; returns how many named a rule this node does not have.
+
+        Deltas of a known rule under limits no longer held (a retired wire name) are
+        skipped without counting: they are history, not a misconfiguration.
+        """
         unknown = 0
         limiters = self.limiters
         for name, delta in items:
             limiter = limiters.get(name)
             if limiter is None:
-                unknown += 1
+                if name.partition(WIRE_SEP)[0] not in self.wire:
+                    unknown += 1
                 continue
             limiter.apply(delta, now)
         return unknown
 
     def sweep(self, now: float, budget: int) -> int:
-        """Seal and delete idle keys across rules; returns keys deleted."""
-        return sum(limiter.sweep(now, budget) for limiter in self.limiters.values())
+        """Seal and delete idle keys across rules (dropping emptied retired limiters);
+        returns keys deleted."""
+        deleted = sum(limiter.sweep(now, budget) for limiter in self.limiters.values())
+        live = set(self.wire.values())
+        for name, limiter in list(self.limiters.items()):
+            if name not in live and len(limiter) == 0 and limiter.dirty_count() == 0:
+                del self.limiters[name]
+        return deleted
 
     def set_bootstrapping(self, on: bool, now: float) -> None:
         """Enter or leave bootstrap mode on every limiter."""

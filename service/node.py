@@ -7,8 +7,10 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
+
+from pydantic import ValidationError
 
 from crdt.limiter import Limiter, make_limiter, timing
 from crdt.policy import SyncTiming
@@ -17,7 +19,8 @@ from service.engine import Decision, Engine
 from service.errors import RateLimiterError, TopicConfigMismatch, Unavailable
 from service.metrics import Metrics
 from service.partitioner import partition_for_user
-from service.rules import Rule, default_rule, load_rules
+from service.rules import InvalidRule, Rule, RuleSet, default_rule, load_rules, overlay
+from service.rules_sync import KafkaRulesLog, RulesFeed, RulesLog
 from service.settings import Settings
 from service.statelog import KafkaStateLog, StateLog
 from service.sync import Replicator
@@ -44,14 +47,21 @@ class Node:
         *,
         clock: Clock = system_clock,
         statelog_factory: Callable[[Settings, str], StateLog] | None = None,
+        rules: RuleSet | None = None,
+        rules_log_factory: Callable[[Settings], RulesLog] | None = None,
     ) -> None:
+        """`rules` replaces the --rules file; the rules topic is followed on Kafka (or
+        through `rules_log_factory`), not when a test gives only a `statelog_factory`."""
         self.settings = settings
         self.clock = clock
         self.replica = f"{settings.node_id}/{new_incarnation()}"
         fallback = default_rule(
             settings.algorithm, settings.rate, settings.burst, settings.window_s
         )
-        self.rules = load_rules(settings.rules, fallback)
+        self.base_rules = rules if rules is not None else load_rules(settings.rules, fallback)
+        self.rules = self.base_rules
+        self.topic_rules: dict[str, Rule] = {}  # overrides from the rules topic, by name
+        self.rules_listeners: list[Callable[[RuleSet], None]] = []
         timing = SyncTiming(settings.epoch_ms / 1000, settings.seal_ms / 1000)
         self.engine = Engine(self.rules, self.replica, clock, timing, settings.max_keys)
         self.metrics = Metrics(settings.node_id)
@@ -78,6 +88,13 @@ class Node:
         self.metrics.watch(
             "ratelimiter_store_events_total", self._store_events, "Key store events by kind"
         )
+        if rules_log_factory is None and statelog_factory is None:
+            rules_log_factory = _kafka_rules_log
+        self.rules_feed: RulesFeed | None = None
+        if not settings.standalone and settings.rules_topic != "none" and rules_log_factory:
+            self.rules_feed = RulesFeed(
+                rules_log_factory(settings), self.metrics, self.set_topic_rules
+            )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -102,6 +119,8 @@ class Node:
                 # A task that died must not keep stop() from disconnecting.
                 log.exception("background task %s had failed", task.get_name())
         self._tasks = []
+        if self.rules_feed is not None:
+            await self.rules_feed.stop()
         if self.replicator is not None:
             await self.replicator.stop()
         if self.statelog is not None:
@@ -148,6 +167,8 @@ class Node:
             except RateLimiterError as exc:
                 log.warning("waiting for Kafka at %s: %s", s.kafka, exc)
                 await asyncio.sleep(RETRY_S)
+        if self.rules_feed is not None and not await self._read_rules():
+            return
         statelog = self.statelog = self._statelog_factory(s, self.replica)
         while True:
             try:
@@ -180,6 +201,58 @@ class Node:
         self.metrics.broker_up.set(1)
         replicator.start()
         self._set_ready()
+
+    async def _read_rules(self) -> bool:
+        """Apply the rules topic read to its end (before the state: its rules name limiters)."""
+        assert self.rules_feed is not None
+        s = self.settings
+        while True:
+            try:
+                await self.rules_feed.start(s.bootstrap_timeout_s)
+                return True
+            except TopicConfigMismatch as exc:
+                self.fatal = str(exc)
+            except TimeoutError:
+                self.fatal = (
+                    f"the rules topic {s.rules_topic!r} was not read to its end within "
+                    f"{s.bootstrap_timeout_s}s (--bootstrap-timeout-s)"
+                )
+            except RateLimiterError as exc:
+                log.warning("waiting for the rules topic at %s: %s", s.kafka, exc)
+                await asyncio.sleep(RETRY_S)
+                continue
+            log.error("%s", self.fatal)
+            return False
+
+    def set_topic_rules(self, changes: Mapping[str, Rule | None]) -> None:
+        """Apply rule overrides (None deletes one) over the file rules; InvalidRule when
+        the result is not a valid rule set (nothing changes then)."""
+        overrides = dict(self.topic_rules)
+        for name, rule in changes.items():
+            if rule is None:
+                overrides.pop(name, None)
+            else:
+                overrides[name] = rule
+        try:
+            rules = overlay(self.base_rules, overrides)
+        except ValidationError as exc:
+            raise InvalidRule(f"the rules would be invalid: {exc}") from exc
+        self.topic_rules = overrides
+        if rules == self.rules:
+            return
+        fresh = self.engine.replace_rules(rules)
+        self.rules = rules
+        for rule in rules.all():
+            for outcome in ("admitted", "denied", "shadow_denied"):
+                self.decisions.setdefault((rule.name, outcome), 0)
+        self._share.clear()  # share-mode buckets were sized from the old limits
+        for listener in self.rules_listeners:
+            listener(rules)
+        log.info(
+            "rules in force: %s (starting empty: %s)",
+            ", ".join(rule.name for rule in rules.all()),
+            ", ".join(fresh) or "none",
+        )
 
     def maintain(self) -> None:
         """Seal old epochs and forget idle keys (the sweep loop calls this periodically)."""
@@ -283,6 +356,15 @@ class Node:
         if self.replicator is not None:
             totals["buffer_folded_keys"] = float(self.replicator.folded_keys)
         return {(kind,): value for kind, value in totals.items()}
+
+
+def _kafka_rules_log(settings: Settings) -> RulesLog:
+    return KafkaRulesLog(
+        settings.kafka,
+        settings.rules_topic,
+        client_id=f"ratelimiter-{settings.node_id}-rules",
+        options=settings.kafka_options(),
+    )
 
 
 def _kafka_statelog(settings: Settings, replica: str) -> StateLog:

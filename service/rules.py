@@ -15,6 +15,12 @@ RULE_NAME = r"^[A-Za-z0-9._-]{1,64}$"
 DEFAULT_RULE = "default"
 
 
+class InvalidRule(ConfigError):
+    """A rule given to the rules topic (CLI, admin endpoint) is invalid; the message says why."""
+
+    http_status = 422
+
+
 class Rule(BaseModel):
     """One limit: a token bucket (rate, burst) or a window (limit per window_s)."""
 
@@ -45,6 +51,11 @@ class Rule(BaseModel):
         if self.prefix is not None and self.tier is not None:
             raise ValueError("match by prefix or by tier, not both")
         return self
+
+    @property
+    def limits(self) -> tuple[str, float | None, int | None, int | None, float | None]:
+        """What the limiter's state depends on (matching and shadow do not)."""
+        return (self.algorithm, self.rate, self.burst, self.limit, self.window_s)
 
     @property
     def capacity(self) -> int:
@@ -126,11 +137,55 @@ def parse_rules(data: Any, fallback_default: Rule, source: str = "rules") -> Rul
     try:
         return RuleSet.model_validate(document)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "document"
-            problems.append(f"{where}: {error['msg']}")
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from exc
+        raise ConfigError(f"{source}: {_problems(exc)}") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "document"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def rule_from_mapping(data: Any, name: str | None = None) -> Rule:
+    """Validate one rule (as sent to the rules topic); InvalidRule says what is wrong.
+
+    `name`, when given (a URL path, a record key), fills in a missing name and must
+    match a given one. The default rule applies to everyone: no prefix or tier.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidRule(f"a rule is a JSON object, got {type(data).__name__}")
+    document = dict(data)
+    if name is not None:
+        given = document.setdefault("name", name)
+        if given != name:
+            raise InvalidRule(f"the rule is named {given!r} but was sent as {name!r}")
+    label = document.get("name", "?")
+    try:
+        rule = Rule.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidRule(f"invalid rule {label!r}: {_problems(exc)}") from exc
+    if rule.name == DEFAULT_RULE and (rule.prefix is not None or rule.tier is not None):
+        raise InvalidRule("the default rule applies to everyone: no prefix or tier")
+    return rule
+
+
+def overlay(base: RuleSet, overrides: Mapping[str, Rule]) -> RuleSet:
+    """`base` (the --rules file) with `overrides` (the rules topic) applied by name.
+
+    A topic rule replaces the file rule of the same name in place (the default too);
+    topic-only rules follow the file's rules, in name order, so every node matches
+    users against the same list.
+    """
+    names = {rule.name for rule in base.rules}
+    return RuleSet(
+        default=overrides.get(DEFAULT_RULE, base.default),
+        rules=(
+            *(overrides.get(rule.name, rule) for rule in base.rules),
+            *(overrides[n] for n in sorted(overrides) if n != DEFAULT_RULE and n not in names),
+        ),
+    )
 
 
 def load_rules(path: Path | None, fallback_default: Rule) -> RuleSet:

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     partitions: int = Field(12, ge=1, le=10_000)
     topic: str = Field("ratelimiter.state", pattern=r"^[A-Za-z0-9._-]{1,249}$")
     rules: Path | None = None
+    # Compacted topic of rule overrides (hot reload); "none" turns it off.
+    rules_topic: str = Field("ratelimiter.rules", pattern=r"^[A-Za-z0-9._-]{1,249}$")
     max_keys: int = Field(1_000_000, ge=1)
     epoch_ms: float = Field(1000.0, gt=0, allow_inf_nan=False)
     seal_ms: float = Field(3000.0, gt=0, allow_inf_nan=False)
