@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "kafka": ("service.broker.cli", "run a local single-node KRaft Kafka broker"),
     "simulate": ("service.simulate_cli", "simulate a cluster: admitted vs ideal vs bound"),
     "demo": ("service.demo_cli", "the bucket at work: 30 requests on one node or a cluster"),
+    "inspect": ("service.inspect_cli", "the state topic: config, partitions, a user's state"),
     "swarm": ("service.swarm_cli", "a Locust swarm on a local cluster, with an accuracy report"),
 }
 
