@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("service.demo_cli", "the bucket at work: 30 requests on one node or a cluster"),
     "inspect": ("service.inspect_cli", "the state topic: config, partitions, a user's state"),
     "swarm": ("service.swarm_cli", "a Locust swarm on a local cluster, with an accuracy report"),
+    "rules": ("service.rules_cli", "put, delete or list rules on the rules topic (hot reload)"),
 }
 
 
