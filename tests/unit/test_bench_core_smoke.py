@@ -14,6 +14,7 @@ FIGURES = [
     "decisions_per_s_with_flush",
     "decisions_per_s_1m_keys",
     "decisions_per_s_mostly_denied",
+    "flush_deltas_per_s",
     "bytes_per_key",
     "bytes_per_key_state",
     "bytes_per_key_state_busy_every_epoch",
