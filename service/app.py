@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from service import http_errors
+from service.dashboard import dashboard_router
 from service.errors import BadRequest, Unauthorized, UnknownRule
 from service.fastpath import (
     MAX_USER_ID_BYTES,
@@ -268,6 +269,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
         """Prometheus metrics."""
         return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.include_router(dashboard_router(node))
     app.state.protector = protector
     return app
 

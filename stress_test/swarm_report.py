@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import orjson
 
 from crdt.policy import BucketPolicy
 from crdt.reference import ReferenceBucket
+from service.quantiles import histogram_quantile
 
 ADMITTED, ERROR = 1, -1
 
@@ -107,27 +107,6 @@ def fluid_limit(requests: Sequence[Request], rate: float, burst: int) -> float:
         span = spans.setdefault(r.key, [r.t, r.t])
         span[1] = r.t
     return sum(burst + rate * (last - first) for first, last in spans.values())
-
-
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Prometheus' histogram_quantile on cumulative buckets (le -> count); None when empty.
-
-    Linear inside the bucket holding the rank; the highest finite bound for the +Inf one.
-    """
-    items = sorted(buckets.items())
-    if not items or items[-1][1] <= 0:
-        return None
-    rank = q * items[-1][1]
-    lower, below = 0.0, 0.0
-    for le, count in items:
-        if count >= rank:
-            if math.isinf(le):
-                return lower
-            if count == below:
-                return le
-            return lower + (le - lower) * (rank - below) / (count - below)
-        lower, below = le, count
-    return lower
 
 
 def _diff(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
