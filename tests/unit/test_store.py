@@ -266,7 +266,7 @@ def test_a_restarted_incarnation_bootstraps_to_the_join_and_adds_on_top(
     peers = cluster.stores[1:]
     before = {(p.replica, k): p.view(k, now) for p in peers for k in KEYS}
     cost = min(cost, cluster.limit.capacity)
-    later = now + cluster.limit.capacity / float(cluster.limit.rate) + 1.0
+    later = max(now, join.view("a", now).tat) + 1.0  # a full bucket again
     assert restarted.acquire("a", cost, later) >= 0
     shipped = restarted.flush(later)
     for peer in peers:
