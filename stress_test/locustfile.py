@@ -202,4 +202,3 @@ class MixedUser(SwarmUser):
     @task(1)
     def check_request(self) -> None:
         self.check(self.user_id, random.randint(1, 5))
-

