@@ -4,7 +4,7 @@
 # (a new node reads the state topic to its end before /readyz says ready).
 set -eu
 if [ -z "${RATELIMITER_NODE_ID:-}" ]; then
-    RATELIMITER_NODE_ID="$(hostname)"
+    RATELIMITER_NODE_ID="${HOSTNAME:-$(hostname)}"  # Docker sets HOSTNAME per container
 fi
 export RATELIMITER_NODE_ID
 exec "$@"
