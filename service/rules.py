@@ -165,7 +165,12 @@ def rule_from_mapping(data: Any, name: str | None = None) -> Rule:
     try:
         rule = Rule.model_validate(document)
     except ValidationError as exc:
-        raise InvalidRule(f"invalid rule {label!r}: {_problems(exc)}") from exc
+        problems = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            where = ".".join(str(p) for p in error["loc"])
+            problems.append(f"{where}: {message}" if where else message)
+        raise InvalidRule(f"invalid rule {label!r}: " + "; ".join(problems)) from exc
     if rule.name == DEFAULT_RULE and (rule.prefix is not None or rule.tier is not None):
         raise InvalidRule("the default rule applies to everyone: no prefix or tier")
     return rule
