@@ -170,11 +170,14 @@ class KafkaRulesLog:
     async def read_to_end(self, timeout_s: float) -> list[RuleRecord]:
         consumer = self._reader()
         out: list[RuleRecord] = []
-        async with asyncio.timeout(timeout_s):
-            end = (await consumer.end_offsets([self._tp]))[self._tp]
-            # Compaction leaves gaps in offsets: the position, not a count, says how far.
-            while await consumer.position(self._tp) < end:
-                out.extend(await self.fetch(FETCH_TIMEOUT_S))
+        try:
+            async with asyncio.timeout(timeout_s):
+                end = (await consumer.end_offsets([self._tp]))[self._tp]
+                # Compaction leaves gaps in offsets: the position, not a count, says how far.
+                while await consumer.position(self._tp) < end:
+                    out.extend(await self.fetch(FETCH_TIMEOUT_S))
+        except KafkaError as exc:
+            raise BrokerError(f"reading the rules topic {self.topic!r} failed: {exc!r}") from exc
         return out
 
     async def fetch(self, timeout_s: float) -> list[RuleRecord]:

@@ -15,7 +15,7 @@ from crdt.policy import SyncTiming
 from service.app import create_app
 from service.cli import main
 from service.engine import Engine, wire_name
-from service.errors import PoisonRecord
+from service.errors import BrokerError, PoisonRecord, TopicConfigMismatch, Unavailable
 from service.node import Node
 from service.rules import InvalidRule, Rule, overlay, parse_rules, rule_from_mapping
 from service.rules_sync import MemoryRules, MemoryRulesLog, RuleRecord, decode_rule, encode_rule
@@ -391,3 +391,49 @@ def test_cli_rejects_an_invalid_rule_before_connecting(capsys: pytest.CaptureFix
 def test_cli_needs_a_broker(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rules", "list"]) == 2
     assert "--kafka HOST:PORT" in capsys.readouterr().err
+
+
+class FlakyRulesLog(MemoryRulesLog):
+    """Fails its first `failures` starts with `error`."""
+
+    def __init__(self, topic: MemoryRules, failures: int, error: Exception) -> None:
+        super().__init__(topic)
+        self.failures = failures
+        self.error = error
+
+    async def start(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        await super().start()
+
+
+async def test_a_node_waits_for_the_rules_topic_and_reports_a_mismatch(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.node.RETRY_S", 0.01)
+    cluster.put(b"default", encode_rule(rule("default", rate=1, burst=2)))
+    settings = cluster.node("a").settings
+    flaky = FlakyRulesLog(cluster.rules, 3, BrokerError("Kafka is away"))
+    node = Node(
+        settings,
+        clock=cluster.clock,
+        statelog_factory=memory_factory(cluster.state),
+        rules_log_factory=lambda s: flaky,
+    )
+    async with node:
+        await node.wait_ready(5)
+        assert node.rules.default.burst == 2
+    assert flaky.failures == 0
+
+    broken = FlakyRulesLog(cluster.rules, 1, TopicConfigMismatch("rules topic has 3 partitions"))
+    node = Node(
+        settings,
+        clock=cluster.clock,
+        statelog_factory=memory_factory(cluster.state),
+        rules_log_factory=lambda s: broken,
+    )
+    async with node:
+        with pytest.raises(Unavailable, match="rules topic has 3 partitions"):
+            await node.wait_ready(5)
+        assert not node.ready
