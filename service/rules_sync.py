@@ -351,7 +351,10 @@ async def change_rule(node: Node, name: str, rule: Rule | None, wait_s: float = 
         return True
     if not node.ready:
         raise Unavailable("the node is still reading its topics (see /readyz)")
-    await feed.publish(name, rule)
+    try:
+        await feed.publish(name, rule)
+    except BrokerError as exc:
+        raise Unavailable(f"the rule was not written: {exc}") from exc
     deadline = time.monotonic() + wait_s
     while node.topic_rules.get(name) != rule:
         if time.monotonic() > deadline:

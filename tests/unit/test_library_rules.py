@@ -361,6 +361,21 @@ async def test_admin_put_rejects_invalid_rules_with_a_clear_message(
     assert [r.name for r in node.rules.all()] == ["default"]
 
 
+async def test_admin_put_answers_503_when_the_topic_cannot_be_written(
+    admin_client: tuple[Node, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, client = admin_client
+    assert node.rules_feed is not None
+
+    async def refuse(key: bytes, value: bytes | None) -> None:
+        raise BrokerError("Kafka is away")
+
+    monkeypatch.setattr(node.rules_feed.log, "publish", refuse)
+    response = await client.put("/v1/rules/x", json={"rate": 1, "burst": 1}, headers=ADMIN)
+    assert response.status_code == 503
+    assert "the rule was not written: Kafka is away" in response.json()["message"]
+
+
 async def test_a_node_without_a_rules_topic_applies_admin_changes_to_itself() -> None:
     settings = load_settings(kafka="none", admin_token=SecretStr("s3cret"))
     node = Node(settings, clock=ManualClock())
