@@ -14,13 +14,16 @@ COPY requirements.txt pyproject.toml README.md ./
 COPY crdt ./crdt
 COPY service ./service
 COPY stress_test ./stress_test
-# The project's runtime dependencies (pyproject.toml), at the versions pinned in requirements.txt.
-RUN pip install --no-cache-dir --constraint requirements.txt .
+# The project's runtime dependencies (pyproject.toml) at the versions pinned in
+# requirements.txt (as constraints, which pip takes without extras such as [standard]).
+RUN sed 's/\[[^]]*\]//' requirements.txt > constraints.txt \
+    && pip install --no-cache-dir --constraint constraints.txt . \
+    && rm -rf build ./*.egg-info
 COPY --chmod=0755 deploy/entrypoint.sh /usr/local/bin/ratelimiter-entrypoint
 
 FROM base AS locust
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --constraint requirements.txt locust
+RUN pip install --no-cache-dir --constraint constraints.txt locust
 USER 10001:10001
 EXPOSE 8089
 CMD ["locust", "-f", "stress_test/locustfile.py"]
