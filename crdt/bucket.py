@@ -120,6 +120,10 @@ class KeyState:
                 x.older.append(Epoch(self.e, self.floor, cells, refunds or None, self.used))
             else:
                 x = self.extra()
+                # Older epochs are sealed too (they precede this one): fold them first,
+                # or a later merge into one of them would cascade past this epoch's
+                # consumption, which then lives only in the totals.
+                self.seal(seal, interval)
                 x.fold(self.e, cells, refunds)
                 x.base = max(x.base, carried)
         elif x is not None and not x.older:
