@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from crdt.policy import BucketPolicy, SyncTiming
@@ -90,6 +90,7 @@ def test_a_cost_above_capacity_is_always_denied(
     rate: float, capacity: int, warmup: list[float], extra: int
 ) -> None:
     """Whatever the rate (EPS_TIME * rate can exceed a token) and the key's history."""
+    assume(capacity / rate < 1e5)  # keep times where float seconds are precise
     store = BucketStore(BucketPolicy(rate, capacity), "r0")
     now = 100.0
     assert store.acquire("fresh", capacity + extra, now) < 0

@@ -593,6 +593,22 @@ def partitioned(draw: st.DrawFn) -> Scenario:
 
 @scaled(1.0)
 @given(partitioned())
+@example(  # r0 used to end at TAT 1004.174: its merge into a held, sealed epoch skipped
+    # the consumption of the later epoch that a roll had folded (fixed in KeyState.roll).
+    Scenario(
+        Limit(1, 1, 3),
+        SyncTiming(epoch=0.25, seal_after=1.0),
+        3,
+        Net(flush_ms=20, max_delay_ms=24, partitions=((0, 1500, 0),)),
+        (
+            Op(0, 0, "a", 1),
+            Op(174, 2, "a", 1),
+            Op(212, 0, "a", 1),
+            Op(250, 0, "a", 1),
+            Op(500, 1, "a", 1),
+        ),
+    )
+)
 def test_late_cells_after_a_partition_are_counted_once_and_conservatively(
     scenario: Scenario,
 ) -> None:
