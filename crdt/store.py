@@ -119,8 +119,9 @@ class BucketStore:
             st.roll(self._e_now, self._interval, self._seal, self.replica)
         interval = self._interval
         tat = st.floor + st.used * interval
-        base = now if tat < now else tat
-        after = base + cost * interval - now
+        # The backlog (time until full) is computed as a difference of close values and
+        # never as `now + x - now`, which loses x's low bits when `now` is large.
+        after = (tat - now if tat > now else 0.0) + cost * interval
         # The cost test matters when EPS_TIME * rate >= 1 token (rates >= 1e7/s).
         if after <= self._cap_limit and cost <= self._capacity:
             if tat < now:
