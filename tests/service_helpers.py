@@ -36,7 +36,7 @@ async def wait_for(
             return time.monotonic() - started
         if time.monotonic() - started > within:
             pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # poll again until the deadline
 
 
 class ManualClock:

@@ -30,7 +30,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> fl
     while not predicate():
         if time.monotonic() - started > timeout_s:
             raise AssertionError(f"not within {timeout_s}s: {what}")
-        time.sleep(0.01)
+        time.sleep(0.01)  # poll again until the deadline
     return time.monotonic() - started
 
 
