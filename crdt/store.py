@@ -32,6 +32,7 @@ class StoreStats:
     sealed_epochs: int = 0
     late_entries: int = 0
     late_cost: int = 0
+    evicted_cells_forgotten: int = 0
 
 
 class BucketStore:
@@ -62,6 +63,8 @@ class BucketStore:
         self._keys: dict[str, KeyState] = {}
         self._dirty: set[str] = set()
         self._pending: list[Delta] = []
+        # key -> (epoch, own P, own N) of keys evicted while active in the current epoch
+        self._evicted_own: dict[str, tuple[int, int, int]] = {}
         self._interval = policy.interval
         self._rate = policy.rate
         self._capacity = policy.capacity
@@ -90,6 +93,9 @@ class BucketStore:
         # this replica may already have shipped a cell for the sealed epoch and deleted
         # the key, and a fresh cell there would ship a smaller absolute value.
         self._e_now = e if e > self._seal else self._seal + 1
+        if self._evicted_own:
+            current = self._e_now
+            self._evicted_own = {k: v for k, v in self._evicted_own.items() if v[0] >= current}
         self._epoch_start = e * width
         self._epoch_end = (e + 1) * width
 
@@ -250,7 +256,25 @@ class BucketStore:
         if len(self._keys) >= self.max_keys:
             self._make_room()
         st = self._keys[key] = KeyState(epoch)
+        if self._evicted_own:
+            kept = self._evicted_own.pop(key, None)
+            if kept is not None and kept[0] >= epoch:
+                # Re-admitted in the epoch it was evicted in: continue our own cell from
+                # what was shipped, or peers' max-merge would drop the new admissions.
+                st.e, st.own, st.used = kept[0], kept[1], kept[1] - kept[2]
+                if kept[2]:
+                    st.extra().own_n = kept[2]
         return st
+
+    def _remember_own_cell(self, key: str, st: KeyState) -> None:
+        # Only the current epoch's cell can be written again after an eviction.
+        own_n = st.x.own_n if st.x is not None else 0
+        if st.e < self._e_now or not (st.own or own_n):
+            return
+        if len(self._evicted_own) >= self.max_keys:
+            self.stats.evicted_cells_forgotten += 1  # bounded memory wins; counted
+            return
+        self._evicted_own[key] = (st.e, st.own, own_n)
 
     def _idle(self, key: str, st: KeyState, now: float) -> bool:
         # Deleting changes no decision when every epoch is sealed (no peer can still
@@ -333,6 +357,7 @@ class BucketStore:
                 )
                 if entries:
                     self._pending.append(Delta(key, self.replica, entries))
+            self._remember_own_cell(key, st)
             self.stats.evicted_active += 1
 
     def finish_bootstrap(self, now: float) -> None:

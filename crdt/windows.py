@@ -81,6 +81,7 @@ class WindowStore:
         self._keys: dict[str, WindowState] = {}
         self._dirty: set[str] = set()
         self._pending: list[Delta] = []
+        self._evicted_own: dict[str, tuple[int, int, int]] = {}
         self._sweep_keys: list[str] = []
         self._sweep_pos = 0
 
@@ -125,7 +126,7 @@ class WindowStore:
         if st is None:
             if len(self._keys) >= self.max_keys:
                 self._evict_one()
-            st = self._keys[key] = WindowState(self._window(now))
+            st = self._new_state(key, self._window(now))
         own_p, own_n = st.cur_cells.get(self.replica, (0, 0))
         st.cur_cells[self.replica] = (own_p + cost, own_n)
         st.cur_used += cost
@@ -193,7 +194,7 @@ class WindowStore:
                 return  # only windows that can no longer matter
             if len(self._keys) >= self.max_keys:
                 self._evict_one()
-            st = self._keys[delta.key] = WindowState(newest)
+            st = self._new_state(delta.key, newest)
         for entry in delta.entries:
             st.merge(delta.replica, entry.epoch, entry.p, entry.n)
 
@@ -221,6 +222,8 @@ class WindowStore:
         """Delete keys whose windows are all too old to matter, visiting at most `budget`
         keys; successive calls continue where the last one stopped."""
         w = self._window(now)
+        if self._evicted_own:
+            self._evicted_own = {k: v for k, v in self._evicted_own.items() if v[0] >= w}
         keys = self._keys
         deleted = 0
         for _ in range(min(budget, len(keys))):
@@ -244,7 +247,23 @@ class WindowStore:
             entries = self._own_entries(st)
             if entries:
                 self._pending.append(Delta(key, self.replica, entries))
+        own = st.cur_cells.get(self.replica)
+        if own is not None:
+            # Re-admitted in the same window, our cell must continue from what was
+            # shipped, or peers' max-merge would drop the new admissions.
+            if len(self._evicted_own) < self.max_keys:
+                self._evicted_own[key] = (st.cur, own[0], own[1])
+            else:
+                self.stats.evicted_cells_forgotten += 1  # bounded memory wins; counted
         self.stats.evicted_active += 1
+
+    def _new_state(self, key: str, w: int) -> WindowState:
+        st = self._keys[key] = WindowState(w)
+        kept = self._evicted_own.pop(key, None) if self._evicted_own else None
+        if kept is not None and kept[0] == w:
+            st.cur_cells[self.replica] = (kept[1], kept[2])
+            st.cur_used = kept[1] - kept[2]
+        return st
 
     def finish_bootstrap(self, now: float) -> None:
         """Windows have no sealing, so bootstrap needs no special handling."""

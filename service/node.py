@@ -345,6 +345,7 @@ class Node:
             "late_entries": 0.0,
             "late_cost": 0.0,
             "sealed_epochs": 0.0,
+            "evicted_cells_forgotten": 0.0,
         }
         for lim in self.engine.limiters.values():
             st = lim.stats
@@ -353,6 +354,7 @@ class Node:
             totals["late_entries"] += st.late_entries
             totals["late_cost"] += st.late_cost
             totals["sealed_epochs"] += st.sealed_epochs
+            totals["evicted_cells_forgotten"] += st.evicted_cells_forgotten
         if self.replicator is not None:
             totals["buffer_folded_keys"] = float(self.replicator.folded_keys)
         return {(kind,): value for kind, value in totals.items()}

@@ -552,12 +552,6 @@ def test_active_evictions_are_counted_and_their_deltas_still_flushed() -> None:
     assert store.dirty_count() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: an actively evicted key re-admitted in the same epoch starts its own "
-    "cell from 0, so its next absolute cell is smaller than the one already shipped and "
-    "peers' max-merge drops the new admissions",
-)
 def test_re_admitting_an_evicted_key_in_the_same_epoch_loses_nothing() -> None:
     policy = BucketPolicy(1.0, 5)
     store = BucketStore(policy, "r0", max_keys=1)
@@ -567,7 +561,7 @@ def test_re_admitting_an_evicted_key_in_the_same_epoch_loses_nothing() -> None:
     store.acquire("hot", 2, 100.2)  # evicts "flood"; "hot" restarts at own=2
     for delta in store.flush(100.3):
         peer.apply(delta, 100.3)
-    assert peer.view("hot", 100.3).consumed == 5  # is 3: the 2 are lost
+    assert peer.view("hot", 100.3).consumed == 5  # was 3 before evictions kept own cells
 
 
 # -- beyond the sync bound: outages and partitions ----------------------------------------

@@ -263,3 +263,15 @@ def test_invalid_windows_and_stores_raise(window: object) -> None:
         WindowStore(WindowPolicy(5, 1.0), "", sliding=False)
     with pytest.raises(InvalidParameter):
         WindowStore(WindowPolicy(5, 1.0), "r0", sliding=False).acquire("k", 1, float("nan"))
+
+
+def test_re_admitting_an_evicted_key_in_the_same_window_loses_nothing() -> None:
+    policy = WindowPolicy(10, 60.0)
+    store = WindowStore(policy, "r0", sliding=False, max_keys=1)
+    peer = WindowStore(policy, "r1", sliding=False)
+    store.acquire("hot", 3, 100.0)
+    store.acquire("flood", 1, 100.1)  # evicts "hot" while it is active
+    store.acquire("hot", 2, 100.2)  # continues its own cell: 5, not a fresh 2
+    for delta in store.flush(100.3):
+        peer.apply(delta, 100.3)
+    assert peer.view("hot", 100.3).consumed == 5
