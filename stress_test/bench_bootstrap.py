@@ -1,0 +1,165 @@
+"""Bootstrap time: write many users' state to a fresh topic as a node does, then time a new
+node from spawn to /readyz 200 and read its ratelimiter_bootstrap_* metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from service import codec
+from service.broker.process import free_port
+from service.clock import to_unix_ms
+from service.cluster import NodeProcess
+from service.node import Node
+from service.partitioner import partition_for_user
+from service.settings import Settings
+from service.statelog import KafkaStateLog, OutRecord
+from service.sync import Replicator
+from service.topic import ensure_topic
+from stress_test.bench_processes import (
+    NODE_LIMIT,
+    BenchError,
+    node,
+    pid_of,
+    profiled,
+    scrape,
+    total,
+)
+
+if TYPE_CHECKING:
+    from stress_test.bench_http import Bench
+
+PARTITIONS = 12  # the node's default
+CHUNK = 25_000  # users admitted between two flushes of the writer
+FLUSH_ATTEMPTS = 5
+SHAPES = {
+    "as_written": "the writer's Replicator: one batch record per partition per flush (every "
+    f"{CHUNK} users) and one key record per user, nothing compacted yet (min.compaction.lag "
+    "60 s, active segments): what a node reads within minutes of the writes",
+    "snapshot_only": "one key record per user (service.codec key records on the user's "
+    "partition), no batches: what compaction leaves once segments roll",
+}
+
+
+async def write_state(kafka: str, topic: str, users: int, shape: str) -> dict[str, Any]:
+    """One writer replica admits one request for each of `users` users (users `boot-<i>`)
+    and publishes its state in `shape` (see SHAPES)."""
+    # A fresh topic's leaders are still being elected: aiokafka logs an error and retries.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    settings = Settings(
+        node_id="bench-writer", kafka=kafka, topic=topic, rate=10, burst=20,
+        partitions=PARTITIONS, max_keys=users + 1000,
+    )  # fmt: skip
+    writer = Node(settings)
+    statelog = KafkaStateLog(
+        kafka, topic, PARTITIONS, client_id="bench-writer", request_timeout_ms=60_000
+    )
+    replicator = Replicator(
+        writer.engine,
+        statelog,
+        writer.metrics,
+        writer.clock,
+        lambda user: partition_for_user(user, PARTITIONS),
+        flush_s=settings.flush_ms / 1000,
+        snapshot_s=settings.snapshot_ms / 1000,
+        max_buffered=users + 1000,
+    )
+    rule = writer.rules.default
+    decide = writer.engine.decide
+    started = time.monotonic()
+    key_records = batch_records = 0
+    await statelog.start()
+    try:
+        for first in range(0, users, CHUNK):
+            for i in range(first, min(users, first + CHUNK)):
+                decide(f"boot-{i}", 1, rule)
+            if shape == "snapshot_only":
+                now = writer.clock()
+                records = [
+                    OutRecord(
+                        codec.key_record_key(name, delta.key, writer.replica),
+                        codec.encode_key_record(name, delta, to_unix_ms(now)),
+                        partition_for_user(delta.key, PARTITIONS),
+                    )
+                    for name, delta in writer.engine.flush(now)
+                ]
+                await statelog.publish(records)
+                key_records += len(records)
+                continue
+            for _ in range(FLUSH_ATTEMPTS):
+                await replicator.flush(snapshot=True)
+                if replicator.buffered == 0:
+                    break
+            else:
+                raise BenchError(f"the broker did not acknowledge {replicator.buffered} keys")
+    finally:
+        await statelog.stop()
+    produced = writer.metrics.registry.get_sample_value
+    name = "ratelimiter_records_produced_total"
+    return {
+        "write_s": round(time.monotonic() - started, 1),
+        "key_records": key_records + int(produced(name, {"kind": "key"}) or 0),
+        "batch_records": batch_records + int(produced(name, {"kind": "batch"}) or 0),
+    }
+
+
+def read_state(bench: Bench, topic: str, args: list[str], name: str) -> dict[str, Any]:
+    """Start a node on `topic`: spawn to /readyz 200, and its bootstrap metrics."""
+    profile: dict[str, Any] = {}
+    started = time.monotonic()
+    reader = NodeProcess(
+        name, free_port(), bench.kafka(), [*args, "--topic", topic], bench.work_dir
+    )
+    try:
+        with profiled(pid_of(reader.start()), bench.args.profile, name, profile):
+            reader.wait_ready(300)
+            ready_s = time.monotonic() - started
+        samples = scrape(reader.url)
+    finally:
+        reader.stop()
+    seconds = total(samples, "ratelimiter_bootstrap_seconds") or 0.0
+    records = total(samples, "ratelimiter_bootstrap_records") or 0.0
+    deltas = total(samples, "ratelimiter_deltas_applied_total") or 0.0
+    return {
+        "ready_after_s": round(ready_s, 2),
+        "bootstrap_seconds_metric": round(seconds, 2),
+        "bootstrap_records": int(records),
+        "records_per_s": round(records / seconds) if seconds else None,
+        "deltas_applied": int(deltas),
+        "deltas_per_s": round(deltas / seconds) if seconds else None,
+        "tracked_keys_at_ready": int(total(samples, "ratelimiter_tracked_keys") or 0),
+        **profile,
+    }
+
+
+def run_bootstrap(bench: Bench) -> dict[str, Any]:
+    """Time a node on an empty topic, then on topics holding `bootstrap_users` users' state
+    in each shape; the target is judged on the `as_written` one (the larger)."""
+    users = int(bench.args.bootstrap_users)
+    kafka = bench.kafka()
+    args = [*NODE_LIMIT, "--log-level", "warning", "--max-keys", str(users + 1000)]
+    started = time.monotonic()
+    with node("bench-empty", kafka, [*args, "--topic", bench.fresh_topic("empty")], bench.work_dir):
+        empty_ready_s = time.monotonic() - started
+    shapes: dict[str, Any] = {}
+    for shape in SHAPES:
+        topic = bench.fresh_topic(f"boot-{shape}")
+        asyncio.run(ensure_topic(kafka, topic, PARTITIONS))
+        bench.say(f"writing {users} users' state ({shape}) to {topic} ...")
+        written = asyncio.run(write_state(kafka, topic, users, shape))
+        shapes[shape] = {**written, **read_state(bench, topic, args, f"bench-reader-{shape}")}
+    first = shapes["as_written"]
+    return {
+        "users": users,
+        "ready_after_s": first["ready_after_s"],
+        "records_per_s": first["records_per_s"],
+        "empty_topic_ready_after_s": round(empty_ready_s, 2),
+        **shapes,
+        "notes": [f"{shape}: {text}; {PARTITIONS} partitions" for shape, text in SHAPES.items()]
+        + [
+            "ready_after_s: node spawn to /readyz 200 (Python start, topic check, read to "
+            "the end offsets); empty_topic_ready_after_s is the same on an empty topic",
+        ],
+    }
