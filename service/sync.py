@@ -70,6 +70,9 @@ class Replicator:
         self._last_flush_ms = to_unix_ms(clock())
         self._last_snapshot = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
+        # Our own records end (key records) or contain (batch records) these bytes.
+        self._own_key_end = (codec.SEP + engine.replica).encode()
+        self._own_batch = (codec.SEP + engine.replica + codec.SEP).encode()
         metrics.buffer_limit.set(max_buffered)
 
     # -- lifecycle -------------------------------------------------------------
@@ -253,8 +256,17 @@ class Replicator:
         now_ms = to_unix_ms(now)
         me = self.engine.replica
         metrics = self.metrics
+        metrics.records_consumed.inc(len(records))
+        bootstrapping = self.engine.limiters_bootstrapping()
+        if bootstrapping:
+            records = _latest_key_records(records)
+        own_key_end = self._own_key_end
+        own_batch = self._own_batch
         applied = 0
         for record in records:
+            key = record.key
+            if key is not None and (key.endswith(own_key_end) or own_batch in key):
+                continue  # our own record, read back: skipped before paying for decoding
             try:
                 decoded = codec.decode(record.value)
                 if not decoded.items:
@@ -270,12 +282,33 @@ class Replicator:
             if unknown:
                 metrics.poison_record("unknown_rule", f"{unknown} deltas name an unknown rule")
             applied += len(decoded.items)
-            if not self.engine.limiters_bootstrapping():
+            if not bootstrapping:
                 metrics.sync_lag.observe(max(0, now_ms - decoded.since_ms) / 1000)
             seen = self.peers.get(replica)
             self.peers[replica] = PeerSeen(now, (seen.records if seen else 0) + 1)
-        metrics.records_consumed.inc(len(records))
         metrics.deltas_applied.inc(applied)
+
+
+def _latest_key_records(records: list[LogRecord]) -> list[LogRecord]:
+    """Batch records, then the newest key record per key: what compaction will leave.
+
+    Only for bootstrap, where merge order does not matter (no late handling) and a key
+    record holds its writer's whole state for the user; batches are never superseded
+    before a key record covers them, so they are all kept.
+    """
+    latest: dict[bytes, LogRecord] = {}
+    out: list[LogRecord] = []
+    sep = codec.SEP.encode()
+    for record in records:
+        key = record.key
+        # Shaped like a key record (`user SEP rule SEP writer`); anything else, poison
+        # included, is decoded on its own.
+        if key and not key.startswith(sep) and key.count(sep) == 2:
+            latest[key] = record
+        else:
+            out.append(record)
+    out.extend(latest.values())
+    return out
 
 
 def _check_key(key: bytes | None, decoded: codec.Decoded) -> None:

@@ -251,7 +251,7 @@ async def test_stop_publishes_what_was_admitted(
     log: MemoryLog, clock: ManualClock, nodes: StartNode
 ) -> None:
     # A flush interval far beyond the test: only stop() can publish these admissions.
-    a = memory_node(log, clock, "a", flush_ms=10_000, snapshot_ms=600_000)
+    a = memory_node(log, clock, "a", flush_ms=10_000, snapshot_ms=30_000)
     await a.start()
     await a.wait_ready(5)
     assert all(admit(a, "frank", 7))
