@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             node.wait_ready(120)
         _announce(nodes, kafka)
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (`&`)
         while all(node.alive for node in nodes):
             time.sleep(0.5)
         print("a node exited; stopping the cluster (see logs in", nodes[0].log_dir, ")")
