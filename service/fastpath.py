@@ -57,14 +57,15 @@ def _ratelimit_values(rule: str, remaining: int, reset: int, retry: int) -> tupl
 def ratelimit_headers(decision: Decision, policy: bytes) -> list[tuple[bytes, bytes]]:
     """RateLimit-Policy, RateLimit (remaining r, seconds to full t), on 429 Retry-After."""
     reset = max(0, ceil_seconds(decision.reset_after_s))
-    headers = [
-        (b"ratelimit-policy", policy),
-        (b"ratelimit", f'"{decision.rule.name}";r={decision.remaining};t={reset}'.encode()),
-    ]
+    retry = 0
     if not decision.allowed:
-        retry = decision.retry_after_s
-        seconds = 86_400 if math.isinf(retry) else max(1, ceil_seconds(retry))
-        headers.append((b"retry-after", str(seconds).encode()))
+        seconds = decision.retry_after_s
+        retry = 86_400 if math.isinf(seconds) else max(1, ceil_seconds(seconds))
+    # Cached: the header values repeat (remaining 0..burst, a few reset/retry seconds).
+    ratelimit, retry_after = _ratelimit_values(decision.rule.name, decision.remaining, reset, retry)
+    headers = [(b"ratelimit-policy", policy), (b"ratelimit", ratelimit)]
+    if retry:
+        headers.append((b"retry-after", retry_after))
     return headers
 
 
