@@ -4,7 +4,30 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck pytest unit integration e2e bench clean
+.PHONY: install system run test lint typecheck pytest unit integration e2e bench clean
+
+# Debian packages the tests need, installed with apt when missing (as root, else with sudo):
+# Java and Maven run the real Kafka broker, Chromium renders the dashboard in the browser
+# test, python3-venv builds .venv. `make run` needs none of them (without Java it starts a
+# standalone node and says why).
+SYSTEM_PACKAGES := java:openjdk-17-jre-headless mvn:maven chromium:chromium curl:curl
+system:
+	@missing=""; \
+	for pair in $(SYSTEM_PACKAGES); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; \
+		elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+		else echo "make: the tests need these Debian packages:$$missing (install them as root)" >&2; exit 1; fi; \
+		echo "make: installing$$missing"; \
+		log=$$(mktemp); \
+		{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			$$sudo apt-get install -y -qq --no-install-recommends $$missing; } >"$$log" 2>&1 \
+			|| { cat "$$log" >&2; rm -f "$$log"; exit 1; }; \
+		rm -f "$$log"; \
+	fi
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +42,14 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/ratelimiter up
 
-## Everything CI checks: lint, types, then unit, integration (real Kafka) and e2e (processes).
-test: install lint typecheck pytest
+## Everything CI checks: system packages, lint, types, then unit, integration (real Kafka,
+## started by the tests unless KAFKA_BOOTSTRAP_SERVERS names one) and e2e (processes).
+test: system install lint typecheck pytest
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

@@ -1,4 +1,4 @@
-"""The decision engine: one replicated limiter per rule, decisions and their headers."""
+"""The decision engine: what a key is, one replicated limiter per rule, decisions."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from crdt.limiter import Limiter, make_limiter, timing
 from crdt.policy import SyncTiming
 from crdt.store import KeyView
 from service.clock import Clock
-from service.rules import Rule, RuleSet
+from service.errors import BadRequest
+from service.rules.model import RULE_NAME_MAX, Rule, RuleSet
 
+MAX_KEY_BYTES = 256  # a user id (X-User-ID), a /v1/check key, a key on the wire
 WIRE_SEP = "~"  # never in a rule name (RULE_NAME), so a wire name splits unambiguously
-MAX_WIRE_CHARS = 64  # codec.MAX_RULE_CHARS
+MAX_WIRE_CHARS = RULE_NAME_MAX  # a wire name is a rule name on the wire
 
 
 def wire_name(rule: Rule, base: RuleSet) -> str:
@@ -33,6 +35,28 @@ def wire_name(rule: Rule, base: RuleSet) -> str:
             return rule.name
     digest = hashlib.sha256(orjson.dumps([rule.name, *rule.limits])).hexdigest()[:10]
     return f"{rule.name[: MAX_WIRE_CHARS - len(digest) - 1]}{WIRE_SEP}{digest}"
+
+
+def validate_key(value: str | bytes, name: str = "key") -> str:
+    """A key as every entry point takes it: 1-256 bytes of UTF-8, printable, without
+    surrounding blanks; BadRequest naming `name` (a header, a field) otherwise."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, bytes):
+        raw = value
+    else:
+        raise BadRequest(f"{name} must be a string, got {type(value).__name__}")
+    if len(raw) > MAX_KEY_BYTES:
+        raise BadRequest(f"{name} is longer than {MAX_KEY_BYTES} bytes")
+    try:
+        key = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{name} must be UTF-8") from None
+    if not key.strip():
+        raise BadRequest(f"{name} must not be empty")
+    if not key.isprintable() or key != key.strip():
+        raise BadRequest(f"{name} must not hold control characters or surrounding blanks")
+    return key
 
 
 class Decision(NamedTuple):

@@ -7,75 +7,23 @@ key's budget. It is a `Node` without HTTP: the same engine, replication and rule
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from service.bootstrap import build_node
 from service.clock import Clock, system_clock
-from service.engine import Decision
-from service.errors import BadRequest, Unavailable
-from service.fastpath import MAX_USER_ID_BYTES, ceil_ms, policy_header, ratelimit_headers
-from service.fastpath import validate_user_id as _validate
-from service.node import Node
-from service.rules import Rule, RuleSet, default_rule, parse_rules
+from service.engine import validate_key
+from service.errors import Unavailable
+from service.http.contract import CheckResult
+from service.rules.document import parse_rules
+from service.rules.model import Rule, RuleSet, default_rule
 from service.settings import load_settings
 
 __all__ = ["CheckResult", "RateLimiter", "Rule", "RuleSet"]
 
 RulesSpec = str | Path | Mapping[str, Any] | RuleSet | None
-
-_policy = functools.lru_cache(maxsize=1024)(policy_header)
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One decision, with the fields of `POST /v1/check` (times in milliseconds).
-
-    `retry_after_ms` is None when the cost can never fit; `shadow_denied` is True when
-    a shadow rule would have denied (the request is allowed).
-    """
-
-    allowed: bool
-    remaining: int
-    limit: int
-    retry_after_ms: int | None
-    reset_after_ms: int
-    rule: str
-    shadow_denied: bool = False
-    decision: Decision | None = field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def of(cls, decision: Decision) -> CheckResult:
-        """The result of an engine decision."""
-        return cls(
-            allowed=decision.allowed,
-            remaining=decision.remaining,
-            limit=decision.limit,
-            retry_after_ms=ceil_ms(decision.retry_after_s),
-            reset_after_ms=ceil_ms(decision.reset_after_s) or 0,
-            rule=decision.rule.name,
-            shadow_denied=decision.shadow_denied,
-            decision=decision,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """The `POST /v1/check` response body."""
-        return {
-            "allowed": self.allowed,
-            "remaining": self.remaining,
-            "limit": self.limit,
-            "retry_after_ms": self.retry_after_ms,
-            "reset_after_ms": self.reset_after_ms,
-            "rule": self.rule,
-        }
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """RateLimit-Policy, RateLimit and (when denied) Retry-After, as the node sends."""
-        assert self.decision is not None
-        return ratelimit_headers(self.decision, _policy(self.decision.rule))
 
 
 class RateLimiter:
@@ -117,7 +65,7 @@ class RateLimiter:
         elif isinstance(rules, Mapping):
             fallback = default_rule(s.algorithm, s.rate, s.burst, s.window_s)
             ruleset = parse_rules(rules, fallback, source="rules")
-        self.node = Node(s, clock=clock, rules=ruleset)
+        self.node = build_node(s, clock=clock, rules=ruleset)
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -171,21 +119,8 @@ class RateLimiter:
             raise Unavailable("the limiter is not started: `await limiter.start()` or `async with`")
         rules = self.node.rules
         rule = rules.get(limit) if limit else rules.default
-        return CheckResult.of(self.node.decide(validate_key(key), cost, rule))
+        return CheckResult.of(self.node.decide(validate_key(key, "key"), cost, rule))
 
     def metrics(self) -> bytes:
         """Prometheus text of this limiter's metrics (decisions by rule and outcome, ...)."""
         return self.node.metrics.render()
-
-
-def validate_key(key: str) -> str:
-    """A key as the node accepts a user id: 1-256 bytes of UTF-8, printable, no blanks around."""
-    if not isinstance(key, str):
-        raise BadRequest(f"key must be a string, got {type(key).__name__}")
-    raw = key.encode("utf-8", "surrogatepass")
-    if len(raw) > MAX_USER_ID_BYTES:
-        raise BadRequest(f"key is longer than {MAX_USER_ID_BYTES} bytes")
-    try:
-        return _validate(raw)
-    except BadRequest as exc:
-        raise BadRequest(str(exc).replace("X-User-ID", "key")) from None

@@ -13,19 +13,14 @@ from collections.abc import Callable, Collection
 
 from fastapi import FastAPI, Request, Response
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.engine import validate_key
 from service.errors import BadRequest, RateLimiterError
-from service.fastpath import (
-    MAX_USER_ID_BYTES,
-    ASGIApp,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    validate_user_id,
-)
-from service.http_errors import JSON, code_of, error_body, status_of
-from service.library import CheckResult, RateLimiter, validate_key
+from service.http.contract import CheckResult, rate_limited_body
+from service.http.errors import error_response
+from service.http.fastpath import Answer, send_answer
+from service.library import RateLimiter
 
 __all__ = [
     "KeyFunc",
@@ -54,13 +49,7 @@ def by_header(name: str = "X-User-ID", *, required: bool = True) -> KeyFunc:
             return None
         if len(values) > 1:
             raise BadRequest(f"send exactly one {name} header")
-        raw = values[0].encode("latin-1")
-        if len(raw) > MAX_USER_ID_BYTES:
-            raise BadRequest(f"{name} is longer than {MAX_USER_ID_BYTES} bytes")
-        try:
-            return validate_user_id(raw)
-        except BadRequest as exc:
-            raise BadRequest(str(exc).replace("X-User-ID", name)) from None
+        return validate_key(values[0].encode("latin-1"), name)
 
     return key
 
@@ -144,32 +133,22 @@ class RateLimit:
         self.cost = cost
         self.limit = limit
 
-    async def evaluate(
-        self, request: Request
-    ) -> tuple[CheckResult | None, tuple[int, list[tuple[bytes, bytes]], bytes] | None]:
+    async def evaluate(self, request: Request) -> tuple[CheckResult | None, Answer | None]:
         """(result, None) when admitted (or unlimited: result None), else (result or None,
         the rejection as status, headers, body)."""
         try:
             key = self.key(request)
             if key is None:
                 return None, None
-            key = validate_key(key)
+            key = validate_key(key, "key")
             cost = self.cost if isinstance(self.cost, int) else self.cost(request)
             limit = self.limit or self.limiter.rule_for(key).name
             result = await self.limiter.check(key, cost, limit)
         except RateLimiterError as exc:
-            status = status_of(exc)
-            headers = [(b"retry-after", b"1")] if status == 503 else []
-            return None, (status, headers, error_body(code_of(exc), str(exc)))
+            return None, error_response(exc)
         if result.allowed:
             return result, None
-        body = error_body(
-            "rate_limited",
-            f"rate limit exceeded for {key!r}",
-            allowed=False,
-            remaining=result.remaining,
-            retry_after_ms=result.retry_after_ms,
-        )
+        body = rate_limited_body(key, result.remaining, result.retry_after_ms)
         return result, (429, result.headers(), body)
 
     async def __call__(self, request: Request, response: Response) -> CheckResult | None:
@@ -206,14 +185,7 @@ class RateLimitMiddleware:
             return
         result, rejected = await self.policy.evaluate(Request(scope))
         if rejected is not None:
-            status, headers, body = rejected
-            headers = [
-                *headers,
-                (b"content-type", JSON),
-                (b"content-length", str(len(body)).encode()),
-            ]
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send_answer(send, rejected)
             return
         if result is None:
             await self.app(scope, receive, send)

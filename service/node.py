@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -13,70 +12,62 @@ from types import TracebackType
 from pydantic import ValidationError
 
 from crdt.limiter import Limiter, make_limiter, timing
-from crdt.policy import SyncTiming
-from service.clock import Clock, system_clock
+from service.clock import Clock
 from service.engine import Decision, Engine
-from service.errors import RateLimiterError, TopicConfigMismatch, Unavailable
+from service.errors import BrokerError, RateLimiterError, TopicConfigMismatch, Unavailable
 from service.metrics import Metrics
-from service.partitioner import partition_for_user
-from service.rules import InvalidRule, Rule, RuleSet, default_rule, load_rules, overlay
-from service.rules_sync import KafkaRulesLog, RulesFeed, RulesLog
+from service.replication.replicator import Replicator
+from service.rules.feed import RulesFeed
+from service.rules.model import InvalidRule, Rule, RuleSet, overlay
 from service.settings import Settings
-from service.statelog import KafkaStateLog, StateLog
-from service.sync import Replicator
-from service.topic import ensure_topic
 
 log = logging.getLogger("ratelimiter.node")
 
 SWEEP_INTERVAL_S = 0.25
 SWEEP_BUDGET = 20_000
 RETRY_S = 1.0
-
-
-def new_incarnation() -> str:
-    """A fresh id for this process start: peers never confuse it with an earlier run."""
-    return f"{int(time.time()):x}{secrets.token_hex(3)}"
+OUTCOMES = ("admitted", "denied", "shadow_denied")
 
 
 class Node:
-    """Decides locally; replicates through Kafka when `settings.kafka` is not `none`."""
+    """Decides locally; replicates through its `replicator` unless standalone.
+
+    Built by `service.bootstrap.build_node`, which makes the engine, metrics and adapters;
+    the node only runs them: it connects, bootstraps, decides, follows rule changes.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        clock: Clock = system_clock,
-        statelog_factory: Callable[[Settings, str], StateLog] | None = None,
-        rules: RuleSet | None = None,
-        rules_log_factory: Callable[[Settings], RulesLog] | None = None,
+        replica: str,
+        rules: RuleSet,
+        engine: Engine,
+        metrics: Metrics,
+        clock: Clock,
+        replicator: Replicator | None = None,
+        rules_feed: RulesFeed | None = None,
     ) -> None:
-        """`rules` replaces the --rules file; the rules topic is followed on Kafka (or
-        through `rules_log_factory`), not when a test gives only a `statelog_factory`."""
+        """`rules` are the --rules file's (or given) rules; the rules topic overrides them."""
         self.settings = settings
         self.clock = clock
-        self.replica = f"{settings.node_id}/{new_incarnation()}"
-        fallback = default_rule(
-            settings.algorithm, settings.rate, settings.burst, settings.window_s
-        )
-        self.base_rules = rules if rules is not None else load_rules(settings.rules, fallback)
-        self.rules = self.base_rules
+        self.replica = replica
+        self.base_rules = rules
+        self.rules = rules
         self.topic_rules: dict[str, Rule] = {}  # overrides from the rules topic, by name
         self.rules_listeners: list[Callable[[RuleSet], None]] = []
-        timing = SyncTiming(settings.epoch_ms / 1000, settings.seal_ms / 1000)
-        self.engine = Engine(self.rules, self.replica, clock, timing, settings.max_keys)
-        self.metrics = Metrics(settings.node_id)
-        self.metrics.info.labels(settings.node_id, self.replica).set(1)
-        self._statelog_factory = statelog_factory or _kafka_statelog
-        self.statelog: StateLog | None = None
-        self.replicator: Replicator | None = None
+        self.engine = engine
+        self.metrics = metrics
+        self.metrics.info.labels(settings.node_id, replica).set(1)
+        self.replicator = replicator
+        self.rules_feed = rules_feed
         self.ready = False
         self.fatal: str | None = None
+        self._replicating = False
         self._share: dict[str, Limiter] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.decisions: dict[tuple[str, ...], float] = {
-            (rule.name, outcome): 0
-            for rule in self.rules.all()
-            for outcome in ("admitted", "denied", "shadow_denied")
+            (rule.name, outcome): 0 for rule in rules.all() for outcome in OUTCOMES
         }
         self.metrics.watch(
             "ratelimiter_decisions_total",
@@ -88,23 +79,16 @@ class Node:
         self.metrics.watch(
             "ratelimiter_store_events_total", self._store_events, "Key store events by kind"
         )
-        if rules_log_factory is None and statelog_factory is None:
-            rules_log_factory = _kafka_rules_log
-        self.rules_feed: RulesFeed | None = None
-        if not settings.standalone and settings.rules_topic != "none" and rules_log_factory:
-            self.rules_feed = RulesFeed(
-                rules_log_factory(settings), self.metrics, self.set_topic_rules
-            )
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         """Start background work; readiness follows once bootstrapped (or at once standalone)."""
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweep"))
-        if self.settings.standalone:
+        if self.replicator is None:
             self._set_ready()
             return
-        self._tasks.append(asyncio.create_task(self._connect(), name="connect"))
+        self._tasks.append(asyncio.create_task(self._connect(self.replicator), name="connect"))
 
     async def stop(self) -> None:
         """Stop background work; publish what was admitted before disconnecting."""
@@ -122,9 +106,10 @@ class Node:
         if self.rules_feed is not None:
             await self.rules_feed.stop()
         if self.replicator is not None:
-            await self.replicator.stop()
-        if self.statelog is not None:
-            await self.statelog.stop()
+            if self._replicating:
+                await self.replicator.stop()  # publishes what was admitted
+                self._replicating = False
+            await self.replicator.log.stop()
         self.ready = False
 
     async def __aenter__(self) -> Node:
@@ -154,11 +139,13 @@ class Node:
         self.metrics.ready.set(1)
         log.info("node %s ready (replica %s)", self.settings.node_id, self.replica)
 
-    async def _connect(self) -> None:
+    async def _connect(self, replicator: Replicator) -> None:
         s = self.settings
+        if self.rules_feed is not None and not await self._read_rules(self.rules_feed):
+            return
         while True:
             try:
-                await ensure_topic(s.kafka, s.topic, s.partitions, options=s.kafka_options())
+                await replicator.log.start()
                 break
             except TopicConfigMismatch as exc:
                 self.fatal = str(exc)
@@ -167,27 +154,6 @@ class Node:
             except RateLimiterError as exc:
                 log.warning("waiting for Kafka at %s: %s", s.kafka, exc)
                 await asyncio.sleep(RETRY_S)
-        if self.rules_feed is not None and not await self._read_rules():
-            return
-        statelog = self.statelog = self._statelog_factory(s, self.replica)
-        while True:
-            try:
-                await statelog.start()
-                break
-            except RateLimiterError as exc:
-                log.warning("waiting for Kafka at %s: %s", s.kafka, exc)
-                await asyncio.sleep(RETRY_S)
-        partitions = statelog.partitions
-        replicator = Replicator(
-            self.engine,
-            statelog,
-            self.metrics,
-            self.clock,
-            lambda user: partition_for_user(user, partitions),
-            flush_s=s.flush_ms / 1000,
-            snapshot_s=s.snapshot_ms / 1000,
-            max_buffered=s.max_buffered_keys,
-        )
         try:
             await replicator.bootstrap(s.bootstrap_timeout_s)
         except TimeoutError:
@@ -197,18 +163,17 @@ class Node:
             )
             log.error("%s", self.fatal)
             return
-        self.replicator = replicator
         self.metrics.broker_up.set(1)
         replicator.start()
+        self._replicating = True
         self._set_ready()
 
-    async def _read_rules(self) -> bool:
+    async def _read_rules(self, feed: RulesFeed) -> bool:
         """Apply the rules topic read to its end (before the state: its rules name limiters)."""
-        assert self.rules_feed is not None
         s = self.settings
         while True:
             try:
-                await self.rules_feed.start(s.bootstrap_timeout_s)
+                await feed.start(s.bootstrap_timeout_s, self.set_topic_rules)
                 return True
             except TopicConfigMismatch as exc:
                 self.fatal = str(exc)
@@ -243,7 +208,7 @@ class Node:
         fresh = self.engine.replace_rules(rules)
         self.rules = rules
         for rule in rules.all():
-            for outcome in ("admitted", "denied", "shadow_denied"):
+            for outcome in OUTCOMES:
                 self.decisions.setdefault((rule.name, outcome), 0)
         self._share.clear()  # share-mode buckets were sized from the old limits
         for listener in self.rules_listeners:
@@ -253,6 +218,29 @@ class Node:
             ", ".join(rule.name for rule in rules.all()),
             ", ".join(fresh) or "none",
         )
+
+    async def change_rule(self, name: str, rule: Rule | None, wait_s: float = 2.0) -> bool:
+        """Put (or with None delete) a rule override through the rules topic.
+
+        Returns once this node applied it (True) or after `wait_s` (False: written, not yet
+        seen). A node without a rules topic applies the change to itself only.
+        """
+        feed = self.rules_feed
+        if feed is None:
+            self.set_topic_rules({name: rule})
+            return True
+        if not self.ready:
+            raise Unavailable("the node is still reading its topics (see /readyz)")
+        try:
+            await feed.publish(name, rule)
+        except BrokerError as exc:
+            raise Unavailable(f"the rule was not written: {exc}") from exc
+        deadline = time.monotonic() + wait_s
+        while self.topic_rules.get(name) != rule:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def maintain(self) -> None:
         """Seal old epochs and forget idle keys (the sweep loop calls this periodically)."""
@@ -277,7 +265,7 @@ class Node:
     def mode(self) -> str:
         """`normal`, or the fail mode in force while the broker is unreachable."""
         replicator = self.replicator
-        if replicator is None or replicator.broker_ok:
+        if replicator is None or not self._replicating or replicator.broker_ok:
             if self._share:
                 self._share.clear()  # the broker is back: the shared limit applies again
             return "normal"
@@ -358,24 +346,3 @@ class Node:
         if self.replicator is not None:
             totals["buffer_folded_keys"] = float(self.replicator.folded_keys)
         return {(kind,): value for kind, value in totals.items()}
-
-
-def _kafka_rules_log(settings: Settings) -> RulesLog:
-    return KafkaRulesLog(
-        settings.kafka,
-        settings.rules_topic,
-        client_id=f"ratelimiter-{settings.node_id}-rules",
-        options=settings.kafka_options(),
-    )
-
-
-def _kafka_statelog(settings: Settings, replica: str) -> StateLog:
-    return KafkaStateLog(
-        settings.kafka,
-        settings.topic,
-        settings.partitions,
-        client_id=f"ratelimiter-{settings.node_id}",
-        linger_ms=max(1, int(settings.flush_ms / 4)),
-        publish_timeout_s=settings.publish_timeout_ms / 1000,
-        security=settings.kafka_options(),
-    )

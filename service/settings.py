@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from crdt.limiter import Algorithm
 from service.errors import ConfigError
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     kafka: str = "none"
     rate: float = Field(10.0, gt=0, allow_inf_nan=False)
     burst: int = Field(20, ge=1)
-    algorithm: Literal["token_bucket", "sliding_window", "fixed_window"] = "token_bucket"
+    algorithm: Algorithm = "token_bucket"
     window_s: float = Field(1.0, gt=0, allow_inf_nan=False)
     flush_ms: float = Field(20.0, gt=0, le=10_000, allow_inf_nan=False)
     # Key records (the compacted per-user snapshot) every 5 s. At most 30 s: batches are

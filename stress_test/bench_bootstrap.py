@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from service import codec
-from service.broker.process import free_port
+from service.bootstrap import build_node
 from service.clock import to_unix_ms
-from service.cluster import NodeProcess
-from service.node import Node
-from service.partitioner import partition_for_user
+from service.local.nodes import NodeProcess
+from service.local.process import free_port
+from service.replication import codec
+from service.replication.codec import partition_for_user
+from service.replication.statelog import KafkaStateLog, OutRecord
+from service.replication.topic import ensure_state_topic
 from service.settings import Settings
-from service.statelog import KafkaStateLog, OutRecord
-from service.sync import Replicator
-from service.topic import ensure_topic
 from stress_test.bench_processes import (
     NODE_LIMIT,
     BenchError,
@@ -27,9 +26,7 @@ from stress_test.bench_processes import (
     scrape,
     total,
 )
-
-if TYPE_CHECKING:
-    from stress_test.bench_http import Bench
+from stress_test.bench_run import Bench
 
 PARTITIONS = 12  # the node's default
 CHUNK = 25_000  # users admitted between two flushes of the writer
@@ -38,7 +35,7 @@ SHAPES = {
     "as_written": "the writer's Replicator: one batch record per partition per flush (every "
     f"{CHUNK} users) and one key record per user, nothing compacted yet (min.compaction.lag "
     "60 s, active segments): what a node reads within minutes of the writes",
-    "snapshot_only": "one key record per user (service.codec key records on the user's "
+    "snapshot_only": "one key record per user (service.replication.codec key records on the user's "
     "partition), no batches: what compaction leaves once segments roll",
 }
 
@@ -50,22 +47,15 @@ async def write_state(kafka: str, topic: str, users: int, shape: str) -> dict[st
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     settings = Settings(
         node_id="bench-writer", kafka=kafka, topic=topic, rate=10, burst=20,
-        partitions=PARTITIONS, max_keys=users + 1000,
+        partitions=PARTITIONS, max_keys=users + 1000, max_buffered_keys=users + 1000,
+        rules_topic="none",  # no rules feed: the writer only publishes state
     )  # fmt: skip
-    writer = Node(settings)
     statelog = KafkaStateLog(
         kafka, topic, PARTITIONS, client_id="bench-writer", request_timeout_ms=60_000
     )
-    replicator = Replicator(
-        writer.engine,
-        statelog,
-        writer.metrics,
-        writer.clock,
-        lambda user: partition_for_user(user, PARTITIONS),
-        flush_s=settings.flush_ms / 1000,
-        snapshot_s=settings.snapshot_ms / 1000,
-        max_buffered=users + 1000,
-    )
+    writer = build_node(settings, state_log=statelog)
+    replicator = writer.replicator
+    assert replicator is not None  # kafka is set: build_node wired a Replicator on statelog
     rule = writer.rules.default
     decide = writer.engine.decide
     started = time.monotonic()
@@ -146,7 +136,7 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
     shapes: dict[str, Any] = {}
     for shape in SHAPES:
         topic = bench.fresh_topic(f"boot-{shape}")
-        asyncio.run(ensure_topic(kafka, topic, PARTITIONS))
+        asyncio.run(ensure_state_topic(kafka, topic, PARTITIONS))
         bench.say(f"writing {users} users' state ({shape}) to {topic} ...")
         written = asyncio.run(write_state(kafka, topic, users, shape))
         shapes[shape] = {**written, **read_state(bench, topic, args, f"bench-reader-{shape}")}

@@ -11,10 +11,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from service.broker.process import LOOPBACK
-from service.cluster import NodeProcess
+from service.local.nodes import NodeProcess
+from service.local.process import LOOPBACK
 from stress_test.bench_processes import (
     NODE_LIMIT,
     BenchError,
@@ -27,10 +27,8 @@ from stress_test.bench_processes import (
     scrape,
     system_busy_seconds,
 )
+from stress_test.bench_run import Bench
 from stress_test.loadgen import Connection, HttpError
-
-if TYPE_CHECKING:
-    from stress_test.bench_http import Bench
 
 WORKERS = 2  # client processes: one Python process cannot both send and time 5k+ req/s
 LANES = 32  # sequential connections per worker; each sends every LANES * WORKERS / rate s

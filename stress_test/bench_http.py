@@ -23,17 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from service.broker import LocalBroker
-from service.broker.jars import HOME_ENV, default_jars_dir, kafka_version, repo_root
-from service.broker.process import free_port
-from service.errors import BrokerError
 from stress_test.bench_bootstrap import run_bootstrap
 from stress_test.bench_half import run_half
 from stress_test.bench_memory import run_memory
@@ -54,6 +49,7 @@ from stress_test.bench_processes import (
     total,
     uvicorn_app,
 )
+from stress_test.bench_run import Bench
 
 SECTIONS = ("node", "bare", "raw", "slowapi", "half", "memory", "bootstrap")
 TARGETS = {
@@ -67,68 +63,6 @@ TARGETS = {
 
 
 # -- the run -------------------------------------------------------------------------
-
-
-@dataclass
-class Bench:
-    """What a run shares: options, tools, a work dir, the (lazy) broker, the results."""
-
-    args: argparse.Namespace
-    work_dir: Path
-    stack: contextlib.ExitStack
-    wrk: str | None
-    results: dict[str, Any] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    _kafka: str | None = None
-    _kafka_error: str = ""
-    _broker: LocalBroker | None = None
-
-    def say(self, message: str) -> None:
-        """Progress on stderr (stdout holds only the report)."""
-        print(f"[bench_http {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-    def require_wrk(self) -> str:
-        """The wrk binary, or a BenchError saying how to install it."""
-        if self.wrk is None:
-            raise BenchError("wrk not found on PATH (Debian/Ubuntu: apt-get install wrk)")
-        return self.wrk
-
-    def kafka(self) -> str:
-        """The broker address: --kafka, else a LocalBroker started now (stopped at the end)."""
-        if self._kafka is None and not self._kafka_error:
-            if self.args.kafka:
-                self._kafka = str(self.args.kafka)
-            else:
-                jars = (
-                    default_jars_dir()
-                    if os.environ.get(HOME_ENV)
-                    else repo_root(Path(__file__).parent) / ".kafka" / "libs" / kafka_version()
-                )
-                broker = self._broker = LocalBroker(
-                    free_port(), self.work_dir / "kafka", jars_dir=jars
-                )
-                self.say(f"starting a Kafka broker on port {broker.port} ...")
-                self.stack.callback(broker.down)
-                try:
-                    self._kafka = broker.up()
-                except BrokerError as exc:
-                    self._kafka_error = f"no Kafka broker (or pass --kafka HOST:PORT): {exc}"
-        if self._kafka is None:
-            raise BenchError(self._kafka_error)
-        return self._kafka
-
-    @property
-    def users(self) -> list[str]:
-        """The arguments of wrk/users.lua: how many users, their id prefix."""
-        return [str(self.args.users), "user-"]
-
-    def broker_pids(self) -> tuple[int, ...]:
-        """The pid of the broker started here (none with --kafka)."""
-        return () if self._broker is None else tuple(filter(None, [self._broker.status().pid]))
-
-    def fresh_topic(self, what: str) -> str:
-        """A new state topic name, so no run sees another's users."""
-        return f"bench.{what}.{uuid.uuid4().hex[:10]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stress_test.bench_processes import (
     NODE_LIMIT,
@@ -18,9 +18,7 @@ from stress_test.bench_processes import (
     vm_rss_mb,
     wrk_command,
 )
-
-if TYPE_CHECKING:
-    from stress_test.bench_http import Bench
+from stress_test.bench_run import Bench
 
 SEAL_MS = 600_000  # keys are deleted once idle and sealed (~3 s by default): keep them all
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.broker.process import LOOPBACK, free_port, tail
-from service.cluster import NodeProcess
+from service.local.nodes import NodeProcess
+from service.local.process import LOOPBACK, free_port, tail
 
 WRK_DIR = Path(__file__).with_name("wrk")
 NODE_LIMIT = ("--rate", "10", "--burst", "20")

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.broker import LocalBroker
-from service.broker.manager import DEFAULT_PORT, default_data_dir
-from service.broker.process import free_port, tail
-from service.cluster import NodeProcess
 from service.errors import RateLimiterError
-from stress_test.swarm_report import NodeSample, SwarmRun, write_report
+from service.local.broker import DEFAULT_PORT, LocalBroker, default_data_dir
+from service.local.nodes import NodeProcess
+from service.local.process import free_port, tail
+from stress_test.swarm_data import NodeSample, SwarmRun
+from stress_test.swarm_report import write_report
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 # scenario name -> Locust user class in the locustfile

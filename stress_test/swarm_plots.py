@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen first
 
-from stress_test.swarm_report import ADMITTED, Request, SwarmRun, windows
+from stress_test.swarm_data import ADMITTED, Request, SwarmRun, windows
 
 MAX_KEYS_FOR_LIMIT_LINE = 1000
 

@@ -13,54 +13,15 @@ import csv
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 from crdt.policy import BucketPolicy
 from crdt.reference import ReferenceBucket
-from service.quantiles import histogram_quantile
-
-ADMITTED, ERROR = 1, -1
-
-
-class NodeSample(NamedTuple):
-    """One scrape of one node's /metrics (counters are totals since the node started)."""
-
-    node: str
-    at: float
-    admitted: float
-    denied: float
-    lag_buckets: dict[float, float]
-    lag_sum: float
-    lag_count: float
-    tracked: float
-    poison: float
-
-
-class Request(NamedTuple):
-    """One request as the Locust client saw it."""
-
-    t: float
-    key: str
-    cost: int
-    outcome: int
-    node: int
-
-
-@dataclass(frozen=True, slots=True)
-class SwarmRun:
-    """Everything the runner observed; the report is computed from it and the files."""
-
-    config: dict[str, Any]
-    started: float
-    ended: float
-    nodes: list[str]
-    samples: list[NodeSample]
-    scale_out: tuple[str, float, float] | None  # node id, asked at, ready and balanced at
-
+from service.metrics import histogram_quantile
+from stress_test.swarm_data import ADMITTED, ERROR, NodeSample, Request, SwarmRun
 
 # -- analysis -----------------------------------------------------------------
 
@@ -158,19 +119,6 @@ def series(run: SwarmRun, slot_s: float = 1.0) -> dict[str, Any]:
         if p50 is not None and p99 is not None:
             lag.append(((slot + 1) * slot_s, p50, p99))
     return {"admitted": admitted, "lag": lag}
-
-
-def windows(
-    requests: Sequence[Request], ideal: Sequence[bool], start: float, width: float
-) -> list[tuple[float, float, float]]:
-    """(window end, admitted cost, ideal admitted cost) per `width` seconds since `start`."""
-    actual: dict[int, float] = defaultdict(float)
-    wanted: dict[int, float] = defaultdict(float)
-    for r, ok in zip(requests, ideal, strict=True):
-        slot = int((r.t - start) // width)
-        actual[slot] += r.cost if r.outcome == ADMITTED else 0
-        wanted[slot] += r.cost if ok else 0
-    return [((s + 1) * width, actual[s], wanted[s]) for s in sorted(set(actual) | set(wanted))]
 
 
 def _ratio(a: float, b: float) -> float | None:

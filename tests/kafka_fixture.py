@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from service.broker import LocalBroker
-from service.broker.jars import default_cache_root, kafka_version, repo_root
-from service.broker.process import free_port
 from service.errors import BrokerError
+from service.local.broker import LocalBroker
+from service.local.jars import default_cache_root, kafka_version, repo_root
+from service.local.process import free_port
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 CONTAINER_IMAGE = "confluentinc/cp-kafka:7.6.0"

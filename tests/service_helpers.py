@@ -12,13 +12,11 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from service.fastpath import FastPath
+from service.bootstrap import build_node
+from service.http.fastpath import FastPath
 from service.node import Node
 from service.settings import Settings, load_settings
-from service.statelog import MemoryLog, MemoryStateLog, StateLog
-
-# Cluster seconds (since 2025-01-01) where frozen-clock tests live.
-T0 = 1_000.0
+from service.testing import MemoryLog, MemoryStateLog
 
 
 async def wait_for(
@@ -37,20 +35,6 @@ async def wait_for(
         if time.monotonic() - started > within:
             pytest.fail(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.005)  # poll again until the deadline
-
-
-class ManualClock:
-    """A cluster clock that only moves when told: `clock.t = ...` or `clock.advance(s)`."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward."""
-        self.t += seconds
 
 
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,30 +61,17 @@ def unique_topic(label: str) -> str:
     return f"test.{label}.{uuid.uuid4().hex[:12]}"
 
 
-async def _no_topic(*args: Any, **kwargs: Any) -> None:
-    """Stands in for `ensure_topic` when the log is in memory."""
-
-
-def use_memory_topics(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let nodes with `kafka` set connect without a broker (their log is a MemoryLog)."""
-    monkeypatch.setattr("service.node.ensure_topic", _no_topic)
-
-
-def memory_factory(log: MemoryLog) -> Callable[[Settings, str], StateLog]:
-    """A Node statelog_factory giving every node a reader of the shared `log`."""
-    return lambda settings, replica: MemoryStateLog(log)
-
-
 def memory_node(log: MemoryLog, clock: Callable[[], float], node_id: str, **overrides: Any) -> Node:
-    """A replicating node on the in-memory log (call `use_memory_topics` first)."""
+    """A replicating node on the in-memory log (no rules topic unless `rules_topic` is given)."""
     values: dict[str, Any] = {
         "kafka": "127.0.0.1:1",
+        "rules_topic": "none",
         "node_id": node_id,
         "partitions": len(log.partitions),
         "flush_ms": 5,
         **overrides,
     }
-    return Node(load_settings(**values), clock=clock, statelog_factory=memory_factory(log))
+    return build_node(load_settings(**values), clock=clock, state_log=MemoryStateLog(log))
 
 
 def served(app: FastAPI) -> FastPath:

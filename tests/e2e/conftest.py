@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.broker.process import free_port
-from service.cluster import NodeProcess
+from service.local.nodes import NodeProcess
+from service.local.process import free_port
 
 Spawn = Callable[..., NodeProcess]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from service.cluster import NodeProcess
+from service.local.nodes import NodeProcess
 
 
 def protected(client: httpx.Client, node: NodeProcess, user: str) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.broker.jars import repo_root
+from service.local.jars import repo_root
 from tests.e2e.conftest import Spawn
 from tests.e2e.http import key_view, protected, wait_until
 

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from service import codec
-from service.broker import LocalBroker
-from service.broker.process import free_port
-from service.cluster import NodeProcess
-from service.partitioner import partition_for_user
+from service.local.broker import LocalBroker
+from service.local.nodes import NodeProcess
+from service.local.process import free_port
+from service.replication import codec
+from service.replication.codec import partition_for_user
 from stress_test.loadgen import Result, Schedule
 from tests.e2e.conftest import Spawn
 from tests.e2e.http import hold, key_view, wait_until

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.cluster import NodeProcess
 from service.library import RateLimiter
+from service.local.nodes import NodeProcess
 from service.middleware import RateLimitMiddleware, by_header
 from tests.e2e.conftest import Spawn
 from tests.e2e.http import protected, wait_until

@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.app import create_app
+from service.bootstrap import build_node
 from service.errors import Unavailable
+from service.http.app import create_app
 from service.node import Node
 from tests.service_helpers import clean_env, kafka_settings, served, unique_topic, wait_for
 
@@ -52,7 +53,7 @@ async def start(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> AsyncI
             settings = kafka_settings(
                 kafka_bootstrap, topic, node_id, rate=RATE, burst=BURST, **overrides
             )
-            node = Node(settings)
+            node = build_node(settings)
             app = create_app(settings, node)
             await stack.enter_async_context(app.router.lifespan_context(app))
             client = await stack.enter_async_context(
@@ -104,8 +105,7 @@ async def test_a_node_started_later_is_ready_only_after_reading_to_the_end(
     replicator = a.node.replicator
     assert replicator is not None
     await wait_for(lambda: replicator.buffered == 0, what="A's flush acknowledged")
-    assert a.node.statelog is not None
-    ends = await a.node.statelog.end_offsets()
+    ends = await replicator.log.end_offsets()
     assert sum(ends.values()) > 0
 
     c = await start("c")
@@ -115,8 +115,8 @@ async def test_a_node_started_later_is_ready_only_after_reading_to_the_end(
         c.node.decide("carol", 1, c.node.rules.default)
     await ready(c)
 
-    assert c.node.statelog is not None
-    positions = await c.node.statelog.positions()
+    assert c.node.replicator is not None
+    positions = await c.node.replicator.log.positions()
     assert all(positions[p] >= end for p, end in ends.items())
     assert c.node.metrics.registry.get_sample_value("ratelimiter_bootstrap_records")
     state = await c.key("carol")

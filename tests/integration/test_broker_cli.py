@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from service.broker import LocalBroker
-from service.broker.process import command_line, free_port, pid_alive, read_pid
 from service.errors import BrokerError
+from service.local.broker import LocalBroker
+from service.local.process import command_line, free_port, pid_alive, read_pid
 from tests.kafka_fixture import REPO_ROOT, shared_jars_dir
 
 pytestmark = pytest.mark.integration

@@ -10,12 +10,12 @@ from aiokafka import AIOKafkaProducer
 
 from crdt.policy import BucketPolicy
 from crdt.store import BucketStore
-from service import codec
 from service.cli import main
 from service.clock import system_clock, to_unix_ms
-from service.inspection import inspect_topic
-from service.partitioner import partition_for_user
-from service.topic import ensure_topic
+from service.replication import codec
+from service.replication.codec import partition_for_user
+from service.replication.inspection import inspect_topic
+from service.replication.topic import ensure_state_topic
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ async def _publish(bootstrap: str, topic: str) -> int:
 @pytest.fixture
 async def state_topic(kafka_bootstrap: str) -> tuple[str, int]:
     topic = f"test.inspect.{uuid.uuid4().hex[:12]}"
-    await ensure_topic(kafka_bootstrap, topic, PARTITIONS)
+    await ensure_state_topic(kafka_bootstrap, topic, PARTITIONS)
     return topic, await _publish(kafka_bootstrap, topic)
 
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from service import codec
+from service.bootstrap import build_node
 from service.node import Node
-from service.partitioner import partition_for_user
+from service.replication import codec
+from service.replication.codec import partition_for_user
 from tests.service_helpers import clean_env, kafka_settings, unique_topic, wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,7 @@ async def start(
 
         async def start_node(node_id: str, **overrides: Any) -> Node:
             values = {"rate": RATE, "burst": BURST, "partitions": PARTITIONS, **overrides}
-            node = Node(kafka_settings(kafka_bootstrap, topic, node_id, **values))
+            node = build_node(kafka_settings(kafka_bootstrap, topic, node_id, **values))
             await node.start()
             stack.push_async_callback(node.stop)
             await node.wait_ready(30)

@@ -10,11 +10,12 @@ from contextlib import AsyncExitStack
 import httpx
 import pytest
 
-from service.app import create_app
+from service.bootstrap import build_node
 from service.cli import main
+from service.http.app import create_app
+from service.kafka.topics import describe_topic
 from service.node import Node
-from service.rules_sync import KafkaRulesLog, read_rules
-from service.topic import describe_topic
+from service.rules.log import KafkaRulesLog, read_rules
 from tests.service_helpers import clean_env, kafka_settings, sample, served, unique_topic, wait_for
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,7 @@ async def start(
                 rules_topic=rules_topic,
                 admin_token="t0ken",
             )
-            node = Node(settings)
+            node = build_node(settings)
             app = create_app(settings, node)
             await stack.enter_async_context(app.router.lifespan_context(app))
             client = await stack.enter_async_context(

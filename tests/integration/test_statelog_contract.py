@@ -9,16 +9,15 @@ from typing import Protocol
 
 import pytest
 
-from service.statelog import (
+from service.replication.statelog import (
     KafkaStateLog,
     LogRecord,
-    MemoryLog,
-    MemoryStateLog,
     OutRecord,
     PublishFailed,
     StateLog,
 )
-from service.topic import ensure_topic
+from service.replication.topic import ensure_state_topic
+from service.testing import MemoryLog, MemoryStateLog
 from tests.service_helpers import unique_topic
 
 PARTITIONS = 3
@@ -67,7 +66,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         else:
             bootstrap: str = request.getfixturevalue("kafka_bootstrap")
             topic = unique_topic("contract")
-            await ensure_topic(bootstrap, topic, PARTITIONS)
+            await ensure_state_topic(bootstrap, topic, PARTITIONS)
             yield KafkaBackend(stack, bootstrap, topic)
 
 

@@ -10,15 +10,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from service.errors import TopicConfigMismatch
-from service.partitioner import murmur2, partition_for_user, record_key, user_of, user_partitioner
-from service.topic import (
-    DEFAULT_PARTITIONS,
-    STATE_TOPIC_CONFIG,
-    admin_client,
-    describe_topic,
-    describe_topic_config,
-    ensure_topic,
-)
+from service.kafka.topics import admin_client, describe_topic, describe_topic_config, ensure_topic
+from service.replication.codec import key_record_key, murmur2, partition_for_user
+from service.replication.topic import DEFAULT_PARTITIONS, STATE_TOPIC_CONFIG, ensure_state_topic
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +23,7 @@ def unique_topic(label: str) -> str:
 
 async def test_creates_the_compacted_state_topic_as_configured(kafka_bootstrap: str) -> None:
     name = unique_topic("create")
-    await ensure_topic(kafka_bootstrap, name)
+    await ensure_state_topic(kafka_bootstrap, name)
 
     held = await describe_topic_config(kafka_bootstrap, name)
     for key, value in STATE_TOPIC_CONFIG.items():
@@ -42,18 +36,20 @@ async def test_creates_the_compacted_state_topic_as_configured(kafka_bootstrap: 
 
 async def test_second_ensure_is_idempotent(kafka_bootstrap: str) -> None:
     name = unique_topic("idempotent")
-    await ensure_topic(kafka_bootstrap, name)
+    await ensure_state_topic(kafka_bootstrap, name)
     before = await describe_topic(kafka_bootstrap, name)
 
-    await ensure_topic(kafka_bootstrap, name)
-    await ensure_topic(kafka_bootstrap, name, config={"min.cleanable.dirty.ratio": "0.10"})
+    await ensure_state_topic(kafka_bootstrap, name)
+    await ensure_topic(
+        kafka_bootstrap, name, DEFAULT_PARTITIONS, {"min.cleanable.dirty.ratio": "0.10"}
+    )
 
     assert await describe_topic(kafka_bootstrap, name) == before
 
 
 async def test_concurrent_ensures_agree(kafka_bootstrap: str) -> None:
     name = unique_topic("race")
-    await asyncio.gather(*(ensure_topic(kafka_bootstrap, name) for _ in range(3)))
+    await asyncio.gather(*(ensure_state_topic(kafka_bootstrap, name) for _ in range(3)))
     description = await describe_topic(kafka_bootstrap, name)
     assert description is not None
     assert description.partitions == 12
@@ -68,60 +64,62 @@ async def test_missing_topic_is_described_as_none_and_not_created(kafka_bootstra
 
 async def test_different_partition_count_is_a_clear_mismatch(kafka_bootstrap: str) -> None:
     name = unique_topic("partitions")
-    await ensure_topic(kafka_bootstrap, name, partitions=3)
+    await ensure_state_topic(kafka_bootstrap, name, partitions=3)
 
     with pytest.raises(TopicConfigMismatch, match=r"partitions is 3, expected 12") as caught:
-        await ensure_topic(kafka_bootstrap, name)
+        await ensure_state_topic(kafka_bootstrap, name)
     assert name in str(caught.value)
 
 
 async def test_different_config_is_a_clear_mismatch(kafka_bootstrap: str) -> None:
     name = unique_topic("config")
     await ensure_topic(
-        kafka_bootstrap, name, config={**STATE_TOPIC_CONFIG, "cleanup.policy": "delete"}
+        kafka_bootstrap,
+        name,
+        DEFAULT_PARTITIONS,
+        {**STATE_TOPIC_CONFIG, "cleanup.policy": "delete"},
     )
 
     with pytest.raises(TopicConfigMismatch) as caught:
-        await ensure_topic(kafka_bootstrap, name)
+        await ensure_state_topic(kafka_bootstrap, name)
     message = str(caught.value)
     assert "cleanup.policy is 'delete', expected 'compact'" in message
     assert "partitions" not in message
 
 
-async def test_records_of_a_user_share_one_partition_and_are_all_read_back(
+async def test_a_users_records_go_where_kafkas_partitioner_puts_the_user_id(
     kafka_bootstrap: str,
 ) -> None:
     name = unique_topic("partitioning")
-    await ensure_topic(kafka_bootstrap, name)
-    users = [f"user-{i}" for i in range(40)] + ["ünïcødé", ""]
+    await ensure_state_topic(kafka_bootstrap, name)
+    users = [f"user-{i}" for i in range(40)] + ["ünïcødé"]
     replicas = ["node-a", "node-b", "node-c"]
     produced: dict[bytes, bytes] = {}
-    partitions_of: dict[str, set[int]] = {user: set() for user in users}
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap, partitioner=user_partitioner, enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
     await producer.start()
     try:
+        for user in users:
+            # Kafka's own default partitioner, given the user id as the key, picks the
+            # partition our codec computes for every record of that user.
+            metadata = await producer.send_and_wait(name, value=b"probe", key=user.encode())
+            expected = (murmur2(user.encode()) & 0x7FFFFFFF) % DEFAULT_PARTITIONS
+            assert metadata.partition == expected == partition_for_user(user, DEFAULT_PARTITIONS)
+            produced[user.encode()] = b"probe"
         for round_ in range(2):  # the second round supersedes the first: compaction fodder
             for user in users:
                 for replica in replicas:
-                    key = record_key(user, replica)
+                    key = key_record_key("default", user, replica)
                     value = f"{round_}".encode()
-                    metadata = await producer.send_and_wait(name, value=value, key=key)
-                    partitions_of[user].add(metadata.partition)
+                    partition = partition_for_user(user, DEFAULT_PARTITIONS)
+                    await producer.send_and_wait(name, value=value, key=key, partition=partition)
                     produced[key] = value
     finally:
         await producer.stop()
-
-    for user, seen in partitions_of.items():
-        expected = (murmur2(user.encode()) & 0x7FFFFFFF) % DEFAULT_PARTITIONS
-        assert seen == {expected} == {partition_for_user(user, DEFAULT_PARTITIONS)}, user
-    assert len({p for seen in partitions_of.values() for p in seen}) > 1
+    assert len({partition_for_user(user, DEFAULT_PARTITIONS) for user in users}) > 1
 
     latest = await read_to_end(kafka_bootstrap, name, wait_s=60.0)
     assert latest == produced
-    assert {user_of(key) for key in latest} == set(users)
 
 
 async def read_to_end(bootstrap: str, topic: str, wait_s: float) -> dict[bytes, bytes]:

@@ -20,8 +20,8 @@ import orjson
 import pytest
 import yaml
 
-from service.broker.jars import repo_root
-from service.node import Node
+from service.bootstrap import build_node
+from service.local.jars import repo_root
 from tests.service_helpers import clean_env, standalone_settings
 
 ROOT = repo_root(Path(__file__).parent)
@@ -106,7 +106,7 @@ def test_grafana_dashboard_queries_metrics_the_node_exports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clean_env(monkeypatch)
-    exported = Node(standalone_settings()).metrics.render().decode()
+    exported = build_node(standalone_settings()).metrics.render().decode()
     names = set(re.findall(r"^(ratelimiter_\w+)", exported, re.MULTILINE))
     names |= set(re.findall(r"^# TYPE (ratelimiter_\w+)", exported, re.MULTILINE))
     dashboard = orjson.loads((ROOT / "deploy/grafana/dashboards/ratelimiter.json").read_bytes())

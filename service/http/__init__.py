@@ -1,0 +1,1 @@
+"""The node's HTTP surface: ASGI fast path, FastAPI app, contract, headers, errors, dashboard."""

@@ -1,0 +1,234 @@
+"""The FastAPI application of a node: routes, error mapping, lifespan, the /protected fast path."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import orjson
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from service.bootstrap import build_node
+from service.engine import MAX_KEY_BYTES
+from service.errors import BadRequest, Unauthorized, UnknownRule
+from service.http import errors
+from service.http.contract import MAX_COST, CheckRequest, CheckResult
+from service.http.dashboard import dashboard_router
+from service.http.fastpath import FastPath, Protector
+from service.node import Node
+from service.rules.model import RULE_NAME_MAX, Rule, rule_from_mapping
+from service.settings import Settings
+
+
+class RefundRequest(BaseModel):
+    """POST /v1/refund (admin): give back `cost` admitted for `key` under `limit`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: StrictStr = Field(min_length=1, max_length=MAX_KEY_BYTES)
+    cost: StrictInt = Field(ge=1, le=MAX_COST)
+    limit: StrictStr | None = Field(None, min_length=1, max_length=RULE_NAME_MAX)
+
+
+def require_admin(settings: Settings, authorization: str | None) -> None:
+    """Unauthorized unless `Authorization: Bearer <admin token>` matches the settings."""
+    token = settings.admin_token
+    if token is None:
+        raise Unauthorized("admin endpoints are disabled: start the node with --admin-token")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        given.strip().encode(), token.get_secret_value().encode()
+    ):
+        raise Unauthorized("a valid `Authorization: Bearer <token>` header is required")
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
+    """The app for one node; `node` is built from `settings` unless given (tests)."""
+    node = node if node is not None else build_node(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = FastAPI(
+        title="Kafka CRDT rate limiter",
+        version="0.1.0",
+        summary="Local token-bucket decisions, consumption replicated as CRDT deltas on Kafka",
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    errors.install(app)
+    protector = Protector(node)
+
+    @app.post(
+        "/protected",
+        responses={
+            200: {"description": "admitted"},
+            400: {"description": "missing, empty or oversized X-User-ID"},
+            429: {"description": "rate limited; see Retry-After"},
+            503: {"description": "not ready yet"},
+        },
+    )
+    async def protected(
+        request: Request,
+        # Documented only: the Protector validates it, so a bad id is 400 as on the fast path.
+        x_user_id: Annotated[
+            str | None, Header(description=f"1-{MAX_KEY_BYTES} bytes of UTF-8")
+        ] = None,
+        x_user_tier: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Admit (200) or deny (429) one request for X-User-ID, with RateLimit headers.
+
+        Served by a raw ASGI fast path in production; this route documents it and
+        answers identically when the fast path is bypassed.
+        """
+        status, headers, body = protector.respond(list(request.headers.raw))
+        return Response(
+            body,
+            status_code=status,
+            media_type="application/json",
+            headers={k.decode(): v.decode() for k, v in headers},
+        )
+
+    @app.post("/v1/check", response_model=CheckResult)
+    async def check(body: CheckRequest) -> Response:
+        """Decide `cost` for `key` under the named `limit` (a cost above capacity is denied)."""
+        rule = node.rules.get(body.limit) if body.limit else node.rules.default
+        return _json(CheckResult.of(node.decide(body.key, body.cost, rule)).as_dict())
+
+    @app.post("/v1/refund", responses={401: {"description": "missing or wrong bearer token"}})
+    async def refund(
+        body: RefundRequest, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """Admin: give `cost` back to `key` (a PN-counter decrement replicated to peers)."""
+        require_admin(settings, authorization)
+        rule = node.rules.get(body.limit) if body.limit else node.rules.default
+        node.engine.limiter(rule).refund(body.key, body.cost, node.clock())
+        view = node.engine.view(body.key, rule)
+        return _json({"key": body.key, "rule": rule.name, "tokens": round(view.tokens, 6)})
+
+    @app.get("/v1/keys/{key}")
+    async def key_state(
+        key: str,
+        limit: Annotated[str | None, Query(min_length=1, max_length=RULE_NAME_MAX)] = None,
+    ) -> Response:
+        """This node's merged view of `key`: consumption per replica and tokens now."""
+        if len(key.encode()) > MAX_KEY_BYTES:
+            raise BadRequest(f"key is longer than {MAX_KEY_BYTES} bytes")
+        rule = node.rules.get(limit) if limit else node.rules.default
+        view = node.engine.view(key, rule)
+        return _json(
+            {
+                "key": key,
+                "rule": rule.name,
+                "consumed": view.consumed,
+                "contributions": view.contributions,
+                "tokens": round(view.tokens, 6),
+                "capacity": rule.capacity,
+                "open_epochs": view.open_epochs,
+                "node": node.settings.node_id,
+                "replica": node.replica,
+            }
+        )
+
+    @app.get("/v1/rules")
+    async def list_rules() -> Response:
+        """The rules in force, first match first: from the --rules file or the rules topic."""
+        return _json(
+            {
+                "rules": [
+                    {
+                        **rule.model_dump(exclude_none=True),
+                        "source": "topic" if rule.name in node.topic_rules else "file",
+                        "wire": node.engine.wire[rule.name],
+                    }
+                    for rule in node.rules.all()
+                ],
+                "rules_topic": None if node.rules_feed is None else settings.rules_topic,
+            }
+        )
+
+    @app.put("/v1/rules/{name}", responses={401: {"description": "missing or wrong token"}})
+    async def put_rule(
+        name: str, request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """Admin: put a rule (JSON body) on the rules topic; every node applies it."""
+        require_admin(settings, authorization)
+        try:
+            data = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the body is not JSON: {exc}") from exc
+        rule = rule_from_mapping(data, name)
+        applied = await node.change_rule(name, rule)
+        return _json({"rule": rule.model_dump(exclude_none=True), "applied": applied})
+
+    @app.delete("/v1/rules/{name}", responses={401: {"description": "missing or wrong token"}})
+    async def delete_rule(
+        name: str, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """Admin: delete a rule override from the rules topic (a file rule comes back)."""
+        require_admin(settings, authorization)
+        if name not in node.topic_rules:
+            raise UnknownRule(
+                f"no rule {name!r} on the rules topic (rules of the --rules file can be "
+                "overridden, not deleted)"
+            )
+        applied = await node.change_rule(name, None)
+        restored: Rule | None = next((r for r in node.rules.all() if r.name == name), None)
+        return _json(
+            {
+                "deleted": name,
+                "applied": applied,
+                "now": None if restored is None else restored.model_dump(exclude_none=True),
+            }
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        """The process is alive."""
+        return _json({"status": "ok", "node": node.settings.node_id})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """200 once bootstrapped from the state topic (at once when standalone)."""
+        body = {
+            "ready": node.ready,
+            "node": node.settings.node_id,
+            "replica": node.replica,
+            "standalone": node.settings.standalone,
+            "mode": node.mode,
+        }
+        if node.fatal:
+            body["error"] = node.fatal
+        return _json(body, 200 if node.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(dashboard_router(node))
+    app.state.protector = protector
+    return app
+
+
+def create_asgi(settings: Settings) -> FastPath:
+    """What uvicorn serves: the /protected fast path in front of the FastAPI app.
+
+    Outside FastAPI's middleware stack on purpose: Starlette's per-request wrapping costs
+    more than the decision. Every other path (and the lifespan) goes to FastAPI.
+    """
+    app = create_app(settings)
+    return FastPath(app, app.state.protector)

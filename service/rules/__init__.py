@@ -1,0 +1,1 @@
+"""Limit rules: the model, the --rules document, and the compacted rules topic (hot reload)."""

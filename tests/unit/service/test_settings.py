@@ -1,0 +1,154 @@
+"""Node settings: defaults, RATELIMITER_* variables, overrides, and errors naming the setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.errors import ConfigError
+from service.settings import load_settings
+from tests.service_helpers import clean_env
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def _no_ratelimiter_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_env(monkeypatch)
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+
+    assert settings.rate == 10
+    assert settings.burst == 20
+    assert settings.flush_ms == 20
+    assert settings.partitions == 12
+    assert settings.topic == "ratelimiter.state"
+    assert settings.kafka == "none"
+    assert settings.standalone
+    assert settings.rules is None
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RATELIMITER_RATE", "2.5")
+    monkeypatch.setenv("RATELIMITER_BURST", "7")
+    monkeypatch.setenv("RATELIMITER_NODE_ID", "edge-3")
+    monkeypatch.setenv("RATELIMITER_KAFKA", "broker-1:9092,broker-2:9092")
+    monkeypatch.setenv("RATELIMITER_FLUSH_MS", "50")
+    monkeypatch.setenv("RATELIMITER_TOPIC", "other.state")
+
+    settings = load_settings()
+
+    assert settings.rate == 2.5
+    assert settings.burst == 7
+    assert settings.node_id == "edge-3"
+    assert settings.kafka == "broker-1:9092,broker-2:9092"
+    assert not settings.standalone
+    assert settings.flush_ms == 50
+    assert settings.topic == "other.state"
+
+
+def test_explicit_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RATELIMITER_RATE", "2.5")
+    monkeypatch.setenv("RATELIMITER_BURST", "7")
+
+    # Flags arrive as strings from the CLI; None means "flag not given".
+    settings = load_settings(rate="4", burst=None)
+
+    assert settings.rate == 4
+    assert settings.burst == 7
+
+
+def test_kafka_none_is_case_insensitive() -> None:
+    assert load_settings(kafka=" NONE ").standalone
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("rate", 0),
+        ("rate", -1),
+        ("rate", "nan"),
+        ("burst", 1.5),
+        ("burst", 0),
+        ("port", 70000),
+        ("kafka", "nohost"),
+        ("node_id", "node one"),
+        ("flush_ms", 0),
+        ("partitions", 0),
+        ("topic", "bad topic"),
+    ],
+)
+def test_bad_values_name_the_setting_its_flag_and_variable(name: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**{name: value})
+
+    message = str(caught.value)
+    assert name in message
+    assert "--" + name.replace("_", "-") in message
+    assert "RATELIMITER_" + name.upper() in message
+    assert caught.value.exit_code == 2
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RATELIMITER_BURST", "lots")
+
+    with pytest.raises(ConfigError, match="RATELIMITER_BURST"):
+        load_settings()
+
+
+@pytest.mark.parametrize(("seal", "epoch"), [(1000, 1000), (500, 1000)])
+def test_seal_must_exceed_epoch(seal: float, epoch: float) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(seal_ms=seal, epoch_ms=epoch)
+
+    message = str(caught.value)
+    assert "seal_ms" in message
+    assert "--seal-ms" in message
+    assert "RATELIMITER_SEAL_MS" in message
+
+
+def test_missing_rules_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(rules=str(missing))
+
+    message = str(caught.value)
+    assert "--rules" in message
+    assert "RATELIMITER_RULES" in message
+    assert "nope.yaml" in message
+
+
+def test_existing_rules_file_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("default: {rate: 1, burst: 2}\n")
+
+    assert load_settings(rules=str(path)).rules == path
+
+
+def test_unknown_setting_is_refused() -> None:
+    with pytest.raises(ConfigError, match="colour"):
+        load_settings(colour="blue")
+
+
+def test_serve_cli_refuses_a_bad_rate_before_binding() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--rate", "0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "rate" in result.stderr
+    assert "--rate" in result.stderr
+    assert "RATELIMITER_RATE" in result.stderr
+    assert "Traceback" not in result.stderr
