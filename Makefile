@@ -8,9 +8,10 @@ PYTEST_ARGS ?=
 
 # Debian packages the tests need, installed with apt when missing (as root, else with sudo):
 # Java and Maven run the real Kafka broker, Chromium renders the dashboard in the browser
-# test, python3-venv builds .venv. `make run` needs none of them (without Java it starts a
-# standalone node and says why).
-SYSTEM_PACKAGES := java:openjdk-17-jre-headless mvn:maven chromium:chromium curl:curl
+# test, docker-compose validates the compose file, python3-venv builds .venv. `make run`
+# needs none of them (without Java it starts a standalone node and says why).
+SYSTEM_PACKAGES := java:openjdk-17-jre-headless mvn:maven chromium:chromium curl:curl \
+	docker-compose:docker-compose
 system:
 	@missing=""; \
 	for pair in $(SYSTEM_PACKAGES); do \
