@@ -433,3 +433,34 @@ async def test_create_asgi_puts_the_fast_path_in_front_of_the_app() -> None:
     assert protected.headers["ratelimit-policy"] == '"default";q=20;w=2'
     assert health.json()["node"] == "served"
     assert missing.status_code == 405
+
+
+async def test_the_check_answer_is_the_openapi_schema_of_check_result(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    check = schema["paths"]["/v1/check"]["post"]["responses"]["200"]
+    ref = check["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/CheckResult"
+    fields = schema["components"]["schemas"]["CheckResult"]["properties"]
+
+    body = (await client.post("/v1/check", json={"key": "schema", "cost": 1})).json()
+
+    assert set(body) == set(fields) == set(required := fields.keys())
+    assert required == {"allowed", "remaining", "limit", "retry_after_ms", "reset_after_ms", "rule"}
+
+
+async def test_every_429_has_one_body_shape(client: httpx.AsyncClient) -> None:
+    for _ in range(20):
+        await client.post("/protected", headers={"X-User-ID": "shape"})
+
+    response = await client.post("/protected", headers={"X-User-ID": "shape"})
+
+    assert response.status_code == 429
+    assert response.json() == {
+        "error": "rate_limited",
+        "message": "rate limit exceeded for 'shape'",
+        "allowed": False,
+        "remaining": 0,
+        "retry_after_ms": 100,
+    }
