@@ -56,6 +56,7 @@ class Node:
         self.rules = rules
         self.topic_rules: dict[str, Rule] = {}  # overrides from the rules topic, by name
         self.rules_listeners: list[Callable[[RuleSet], None]] = []
+        self.ready_listeners: list[Callable[[], None]] = []  # called once, when ready
         self.engine = engine
         self.metrics = metrics
         self.metrics.info.labels(settings.node_id, replica).set(1)
@@ -85,6 +86,7 @@ class Node:
     async def start(self) -> None:
         """Start background work; readiness follows once bootstrapped (or at once standalone)."""
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweep"))
+        self._tasks.append(asyncio.create_task(self.metrics.probe_loop_lag(), name="loop-lag"))
         if self.replicator is None:
             self._set_ready()
             return
@@ -138,6 +140,8 @@ class Node:
         self.ready = True
         self.metrics.ready.set(1)
         log.info("node %s ready (replica %s)", self.settings.node_id, self.replica)
+        for listener in self.ready_listeners:
+            listener()
 
     async def _connect(self, replicator: Replicator) -> None:
         s = self.settings

@@ -79,7 +79,7 @@ async def write_state(kafka: str, topic: str, users: int, shape: str) -> dict[st
                 key_records += len(records)
                 continue
             for _ in range(FLUSH_ATTEMPTS):
-                await replicator.flush(snapshot=True)
+                await replicator.flush(final=True)
                 if replicator.buffered == 0:
                     break
             else:

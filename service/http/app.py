@@ -16,9 +16,15 @@ from service.bootstrap import build_node
 from service.engine import MAX_KEY_BYTES
 from service.errors import BadRequest, Unauthorized, UnknownRule
 from service.http import errors
-from service.http.contract import MAX_COST, CheckRequest, CheckResult
+from service.http.contract import (
+    MAX_COST,
+    BatchCheckRequest,
+    BatchCheckResult,
+    CheckRequest,
+    CheckResult,
+)
 from service.http.dashboard import dashboard_router
-from service.http.fastpath import FastPath, Protector
+from service.http.fastpath import Checker, FastPath, Protector
 from service.node import Node
 from service.rules.model import RULE_NAME_MAX, Rule, rule_from_mapping
 from service.settings import Settings
@@ -71,6 +77,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.state.node = node
     errors.install(app)
     protector = Protector(node)
+    checker = Checker(node)
 
     @app.post(
         "/protected",
@@ -102,11 +109,21 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
             headers={k.decode(): v.decode() for k, v in headers},
         )
 
-    @app.post("/v1/check", response_model=CheckResult)
-    async def check(body: CheckRequest) -> Response:
-        """Decide `cost` for `key` under the named `limit` (a cost above capacity is denied)."""
-        rule = node.rules.get(body.limit) if body.limit else node.rules.default
-        return _json(CheckResult.of(node.decide(body.key, body.cost, rule)).as_dict())
+    @app.post(
+        "/v1/check",
+        response_model=CheckResult | BatchCheckResult,
+        responses={413: {"description": "the body is longer than 1 MiB"}},
+    )
+    async def check(body: CheckRequest | BatchCheckRequest) -> Response:
+        """Decide `cost` for `key` under the named `limit` (a cost above capacity is denied);
+        with `{"checks": [...]}`, decide each in order and answer `{"results": [...]}`.
+
+        Served by a raw ASGI fast path in production; this route documents it and
+        answers identically when the fast path is bypassed.
+        """
+        if isinstance(body, BatchCheckRequest):
+            return _json(checker.answer_batch(body))
+        return _json(checker.answer(body).as_dict())
 
     @app.post("/v1/refund", responses={401: {"description": "missing or wrong bearer token"}})
     async def refund(
@@ -221,14 +238,15 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
 
     app.include_router(dashboard_router(node))
     app.state.protector = protector
+    app.state.checker = checker
     return app
 
 
 def create_asgi(settings: Settings) -> FastPath:
-    """What uvicorn serves: the /protected fast path in front of the FastAPI app.
+    """What uvicorn serves: the /protected and /v1/check fast paths in front of the app.
 
     Outside FastAPI's middleware stack on purpose: Starlette's per-request wrapping costs
     more than the decision. Every other path (and the lifespan) goes to FastAPI.
     """
     app = create_app(settings)
-    return FastPath(app, app.state.protector)
+    return FastPath(app, app.state.protector, app.state.checker)

@@ -17,6 +17,7 @@ from service.http.headers import ceil_ms, policy_header, ratelimit_headers
 from service.rules.model import RULE_NAME_MAX
 
 MAX_COST = 10**12
+MAX_BATCH = 1000  # checks in one POST /v1/check {"checks": [...]}
 
 _policy = functools.lru_cache(maxsize=1024)(policy_header)
 
@@ -37,6 +38,14 @@ class CheckRequest(BaseModel):
             return validate_key(value, "key")
         except BadRequest as exc:
             raise ValueError(str(exc)) from None  # a field error: 422 like every other
+
+
+class BatchCheckRequest(BaseModel):
+    """POST /v1/check with several checks, decided one after the other and answered in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checks: list[CheckRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,21 @@ class CheckResult:
         """RateLimit-Policy, RateLimit and (when denied) Retry-After, as a node sends them."""
         assert self.decision is not None, "headers() needs a result made by CheckResult.of"
         return ratelimit_headers(self.decision, _policy(self.decision.rule))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckError:
+    """A check of a batch that could not be decided (an unknown rule)."""
+
+    error: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCheckResult:
+    """The answers of a batch, in the order of its checks."""
+
+    results: list[CheckResult | CheckError]
 
 
 def rate_limited_body(key: str, remaining: int, retry_after_ms: int | None) -> bytes:

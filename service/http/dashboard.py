@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
+from prometheus_client import Histogram
 
 from service.http.dashboard_page import PAGE
 from service.metrics import histogram_quantile
@@ -57,9 +58,18 @@ class DecisionRates:
 
 def sync_lag(node: Node) -> dict[str, Any]:
     """Merged-record count and p50/p99 of the node's sync-lag histogram since it started."""
+    return _histogram_summary(node.metrics.sync_lag)
+
+
+def loop_lag(node: Node) -> dict[str, Any]:
+    """Probe count and p50/p99 of the node's event-loop lag histogram since it started."""
+    return _histogram_summary(node.metrics.loop_lag)
+
+
+def _histogram_summary(histogram: Histogram) -> dict[str, Any]:
     buckets: dict[float, float] = {}
     count = total = 0.0
-    for family in node.metrics.sync_lag.collect():
+    for family in histogram.collect():
         for s in family.samples:
             if s.name.endswith("_bucket"):
                 buckets[float(s.labels["le"])] = s.value
@@ -141,6 +151,7 @@ def snapshot(node: Node, rates: DecisionRates) -> dict[str, Any]:
         "decisions": {"admitted": int(admitted), "denied": int(denied)},
         "rates": rates.sample(),
         "sync_lag": sync_lag(node),
+        "loop_lag": loop_lag(node),
         "peers": peers(node),
         "tracked_keys": node.engine.tracked_keys(),
         "top_keys": keys,

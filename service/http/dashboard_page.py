@@ -41,6 +41,8 @@ PAGE = """<!doctype html>
     <div class="value" id="denied-total">–</div></div>
   <div class="card"><div class="label">sync lag p50 / p99 (ms)</div>
     <div class="value"><span id="lag-p50">–</span> / <span id="lag-p99">–</span></div></div>
+  <div class="card"><div class="label">event-loop lag p50 / p99 (ms)</div>
+    <div class="value"><span id="loop-p50">–</span> / <span id="loop-p99">–</span></div></div>
   <div class="card"><div class="label">merged records</div>
     <div class="value" id="lag-count">–</div></div>
   <div class="card"><div class="label">tracked keys</div>
@@ -112,6 +114,8 @@ function render(d) {
   text("lag-p50", fmt(d.sync_lag.p50_ms));
   text("lag-p99", fmt(d.sync_lag.p99_ms));
   text("lag-count", d.sync_lag.count);
+  text("loop-p50", fmt(d.loop_lag.p50_ms));
+  text("loop-p99", fmt(d.loop_lag.p99_ms));
   text("tracked", d.tracked_keys);
   text("buffered", d.buffered);
   rows("peers", d.peers, p => [[p.node, false], [p.replica, false],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -34,6 +35,21 @@ def code_of(exc: BaseException) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 
+def invalid_request(
+    errors: Sequence[Mapping[str, Any]] | Sequence[Any], prefix: tuple[str, ...] = ()
+) -> bytes:
+    """The 422 body of an invalid request: one entry per problem, where and what."""
+    problems = [
+        {
+            "loc": [*prefix, *(str(p) for p in e.get("loc", ()))],
+            "msg": str(e.get("msg")),
+            "type": e.get("type"),
+        }
+        for e in errors
+    ]
+    return error_body("invalid_request", "the request body is invalid", detail=problems)
+
+
 def error_response(exc: RateLimiterError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """(status, headers, body) of a project error, for raw ASGI paths and FastAPI alike."""
     status = status_of(exc)
@@ -59,17 +75,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        problems = [
-            {
-                "loc": [str(p) for p in e.get("loc", ())],
-                "msg": str(e.get("msg")),
-                "type": e.get("type"),
-            }
-            for e in exc.errors()
-        ]
-        return _response(
-            422, error_body("invalid_request", "the request body is invalid", detail=problems)
-        )
+        return _response(422, invalid_request(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> Response:

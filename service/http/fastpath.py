@@ -1,26 +1,34 @@
-"""POST /protected as a raw ASGI path in front of FastAPI: the per-request hot path.
+"""POST /protected and POST /v1/check as raw ASGI paths in front of FastAPI: the hot paths.
 
 FastAPI's routing, dependency injection and response classes cost more than the decision
-itself, so this middleware answers /protected directly; everything else (and the OpenAPI
-description of /protected) stays FastAPI.
+itself, so this middleware answers both directly (orjson in and out, the same validation
+models and error bodies); everything else, and their OpenAPI description, stays FastAPI.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.engine import validate_key
-from service.errors import BadRequest, RateLimiterError
-from service.http.contract import rate_limited_body
-from service.http.errors import JSON, error_response
+from service.errors import BadRequest, RateLimiterError, UnknownRule
+from service.http.contract import (
+    BatchCheckRequest,
+    CheckRequest,
+    CheckResult,
+    rate_limited_body,
+)
+from service.http.errors import JSON, code_of, error_body, error_response, invalid_request
 from service.http.headers import ceil_ms, policy_header, ratelimit_headers
 from service.node import Node
 from service.rules.model import RuleSet
 
 SAMPLE_EVERY = 16  # decision latency is observed for 1 request in 16
+MAX_BODY_BYTES = 1 << 20  # a /v1/check body; a batch of 1,000 checks fits in a third of it
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
 
@@ -86,6 +94,77 @@ class Protector:
         return 429, headers, body
 
 
+class Checker:
+    """Answers /v1/check: one check, or a batch of checks answered in order."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def respond(self, body: bytes) -> Answer:
+        """(status, headers, body) of one /v1/check request body."""
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            problem = {"loc": ["body"], "msg": f"JSON decode error: {exc}", "type": "json_invalid"}
+            return 422, [], invalid_request([problem])
+        try:
+            if isinstance(doc, dict) and "checks" in doc:
+                batch = BatchCheckRequest.model_validate(doc)
+            else:
+                single = CheckRequest.model_validate(doc)
+        except ValidationError as exc:
+            return 422, [], invalid_request(exc.errors(include_url=False), prefix=("body",))
+        except RecursionError:
+            return 400, [], error_body("bad_request", "JSON nested too deeply")
+        try:
+            if isinstance(doc, dict) and "checks" in doc:
+                return 200, [], orjson.dumps(self.answer_batch(batch))
+            return 200, [], orjson.dumps(self.answer(single).as_dict())
+        except RateLimiterError as exc:
+            return error_response(exc)
+
+    def answer(self, check: CheckRequest) -> CheckResult:
+        """Decide one check; UnknownRule when `limit` names no rule."""
+        rules = self.node.rules
+        rule = rules.get(check.limit) if check.limit else rules.default
+        return CheckResult.of(self.node.decide(check.key, check.cost, rule))
+
+    def answer_batch(self, batch: BatchCheckRequest) -> dict[str, Any]:
+        """Decide every check in order; an unknown rule fails its own check only."""
+        results: list[dict[str, Any]] = []
+        for check in batch.checks:
+            try:
+                results.append(self.answer(check).as_dict())
+            except UnknownRule as exc:
+                results.append({"error": code_of(exc), "message": str(exc)})
+        return {"results": results}
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None when it is longer than `limit` bytes (read no further)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""  # the client went away: an empty body answers (to nobody)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def too_large(limit: int) -> Answer:
+    """413 with a JSON body."""
+    return 413, [], error_body("payload_too_large", f"the body is longer than {limit} bytes")
+
+
 async def send_answer(send: Send, answer: Answer) -> None:
     """Send a whole JSON response from raw ASGI."""
     status, headers, body = answer
@@ -99,14 +178,24 @@ async def send_answer(send: Send, answer: Answer) -> None:
 
 
 class FastPath:
-    """ASGI middleware: answers POST /protected itself, passes everything else on."""
+    """ASGI middleware: answers POST /protected and /v1/check itself, passes the rest on."""
 
-    def __init__(self, app: ASGIApp, protector: Protector) -> None:
+    def __init__(self, app: ASGIApp, protector: Protector, checker: Checker) -> None:
         self.app = app
         self.protector = protector
+        self.checker = checker
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/protected" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        await send_answer(send, self.protector.respond(scope["headers"]))
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path == "/protected":
+                await send_answer(send, self.protector.respond(scope["headers"]))
+                return
+            if path == "/v1/check":
+                body = await read_body(scope, receive, MAX_BODY_BYTES)
+                if body is None:
+                    await send_answer(send, too_large(MAX_BODY_BYTES))
+                else:
+                    await send_answer(send, self.checker.respond(body))
+                return
+        await self.app(scope, receive, send)

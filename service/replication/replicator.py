@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -19,8 +20,15 @@ from service.replication.statelog import LogRecord, OutRecord, PublishFailed, St
 
 log = logging.getLogger("ratelimiter.sync")
 
-MAX_ITEMS_PER_RECORD = 2000
+# Work on the event loop is cut into slices of about this long: a request that arrives
+# meanwhile waits at most one slice (ratelimiter_event_loop_lag_seconds shows it).
+SLICE_S = 0.001
+MAX_ITEMS_PER_RECORD = 500  # one record's encoding stays within about a slice
 FETCH_MAX_RECORDS = 5000
+APPLY_CHUNK = 200  # deltas of one record merged between two yields
+MIN_SNAPSHOT_SLICE = 256  # key records per flush at least, while a round is being written
+MAX_BACKOFF_S = 2.0  # between publish attempts while the broker does not acknowledge
+COMPACT_SLACK = 10_000  # outbox items beyond twice the pending keys before re-encoding
 
 
 class PeerSeen(NamedTuple):
@@ -65,10 +73,19 @@ class Replicator:
         self.peers: dict[str, PeerSeen] = {}
         self.folded_keys = 0
         self._pending: dict[tuple[str, str], dict[int, Entry]] = {}
-        self._snapshot_keys: set[tuple[str, str]] = set()
+        self._unencoded: set[tuple[str, str]] = set()  # pending, not in the outbox yet
+        self._outbox: list[OutRecord] = []  # encoded batch records not yet acknowledged
+        self._outbox_items = 0
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._snapshot_keys: set[tuple[str, str]] = set()  # changed since their key record
         self._snapshot_since: dict[str, int] = {}
+        self._round: list[tuple[str, str]] = []  # the snapshot round being written
+        self._round_pos = 0
+        self._round_step = MIN_SNAPSHOT_SLICE
+        self._round_epochs: dict[str, int] = {}
+        self._next_round = time.monotonic() + snapshot_s
         self._last_flush_ms = to_unix_ms(clock())
-        self._last_snapshot = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         # Our own records end (key records) or contain (batch records) these bytes.
         self._own_key_end = (codec.SEP + engine.replica).encode()
@@ -91,7 +108,7 @@ class Replicator:
                         break
                     records = await self.log.fetch(0.2, FETCH_MAX_RECORDS)
                     count += len(records)
-                    self._merge(records)
+                    await self._merge(records)
         finally:
             self.engine.set_bootstrapping(False, self.clock())
         self.broker_ok = True
@@ -117,7 +134,7 @@ class Replicator:
         self._tasks = []
         try:
             async with asyncio.timeout(drain_timeout_s):
-                await self.flush(snapshot=True)
+                await self.flush(final=True)
         except TimeoutError:
             log.error("shutdown: %d keys could not be published", len(self._pending))
 
@@ -131,6 +148,7 @@ class Replicator:
     def _collect(self, now: float) -> None:
         for rule, delta in self.engine.flush(now):
             slot = (rule, delta.key)
+            self._unencoded.add(slot)
             entries = self._pending.setdefault(slot, {})
             for entry in delta.entries:
                 old = entries.get(entry.epoch)
@@ -145,26 +163,39 @@ class Replicator:
                 self.folded_keys += 1
         self.metrics.buffered.set(len(self._pending))
 
-    def _batch_records(self, since_ms: int, now_ms: int) -> list[OutRecord]:
+    async def _encode_batches(self, slots: list[tuple[str, str]], now_ms: int) -> None:
+        """Encode the pending entries of `slots` into batch records added to the outbox,
+        yielding to the event loop after every slice of work."""
         by_partition: dict[int, list[tuple[str, Delta]]] = {}
         replica = self.engine.replica
-        for (rule, key), entries in self._pending.items():
+        pending = self._pending
+        for rule, key in slots:
+            entries = pending.get((rule, key))
+            if entries is None:
+                continue
             delta = Delta(key, replica, tuple(entries[e] for e in sorted(entries)))
             by_partition.setdefault(self.partition_of(key), []).append((rule, delta))
-        out = []
+        since_ms = self._last_flush_ms
+        deadline = time.perf_counter() + SLICE_S
         for partition, items in by_partition.items():
+            record_key = codec.batch_record_key(replica, partition)
             for i in range(0, len(items), MAX_ITEMS_PER_RECORD):
-                value = codec.encode_batch(
-                    replica, items[i : i + MAX_ITEMS_PER_RECORD], since_ms, now_ms
-                )
-                out.append(OutRecord(codec.batch_record_key(replica, partition), value, partition))
-        return out
+                chunk = items[i : i + MAX_ITEMS_PER_RECORD]
+                value = codec.encode_batch(replica, chunk, since_ms, now_ms)
+                self._outbox.append(OutRecord(record_key, value, partition))
+                self._outbox_items += len(chunk)
+                if time.perf_counter() >= deadline:
+                    await asyncio.sleep(0)
+                    deadline = time.perf_counter() + SLICE_S
 
-    def _key_records(self, now_ms: int) -> list[OutRecord]:
+    async def _key_records(self, slots: list[tuple[str, str]], now_ms: int) -> list[OutRecord]:
+        """Key records (each writer's whole state for a user and rule) for `slots`."""
         out = []
         replica = self.engine.replica
-        for rule, key in self._snapshot_keys:
-            limiter = self.engine.limiters.get(rule)
+        limiters = self.engine.limiters
+        deadline = time.perf_counter() + SLICE_S
+        for rule, key in slots:
+            limiter = limiters.get(rule)
             if limiter is None:
                 continue
             delta = limiter.delta_for(key, self._snapshot_since.get(rule, -(2**62)))
@@ -176,51 +207,93 @@ class Replicator:
                         self.partition_of(key),
                     )
                 )
+            if time.perf_counter() >= deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + SLICE_S
         return out
 
-    async def flush(self, *, snapshot: bool = False) -> None:
-        """Publish pending keys now (and key records when a snapshot is due or asked)."""
+    def _snapshot_slice(self, final: bool) -> list[tuple[str, str]]:
+        """The key records due now: snapshots are written in rounds, each spread over the
+        flushes of half a snapshot interval, so no flush writes every key at once."""
+        if not self._round and (final or time.monotonic() >= self._next_round):
+            self._round = list(self._snapshot_keys)
+            self._snapshot_keys.clear()
+            self._round_pos = 0
+            self._round_epochs = {n: lim.current_epoch for n, lim in self.engine.limiters.items()}
+            self._next_round = time.monotonic() + self.snapshot_s
+            flushes = max(1.0, self.snapshot_s / self.flush_s / 2)
+            self._round_step = max(MIN_SNAPSHOT_SLICE, math.ceil(len(self._round) / flushes))
+        if final:
+            return [*self._round[self._round_pos :], *self._snapshot_keys]
+        return self._round[self._round_pos : self._round_pos + self._round_step]
+
+    def _snapshot_written(self, count: int, final: bool) -> None:
+        self._round_pos += count
+        if final or self._round_pos >= len(self._round):
+            self._round = []
+            self._round_pos = 0
+            self._snapshot_since = self._round_epochs
+            if final:
+                self._snapshot_keys.clear()
+
+    async def flush(self, *, final: bool = False) -> None:
+        """Publish what changed since the last flush (batch records) and the snapshot slice
+        due; `final` publishes every pending key and snapshot at once (at stop).
+
+        After a failed publish nothing is encoded or sent until the backoff ends; what
+        was encoded stays in the outbox and is sent again as it is (absolute values).
+        """
         now = self.clock()
         self._collect(now)
         now_ms = to_unix_ms(now)
-        snapshot = snapshot or time.monotonic() - self._last_snapshot >= self.snapshot_s
-        if not self._pending and not (snapshot and self._snapshot_keys):
+        if not final and time.monotonic() < self._retry_at:
+            return
+        if self._outbox_items > 2 * len(self._pending) + COMPACT_SLACK:
+            # Keys changed in many failed flushes are in the outbox many times: encode
+            # each once more, from the merged pending entries.
+            self._outbox, self._outbox_items = [], 0
+            self._unencoded.update(self._pending)
+            self.metrics.outbox_compactions.inc()
+        fresh = list(self._unencoded)
+        self._unencoded.clear()
+        await self._encode_batches(fresh, now_ms)
+        snapshot_slots = self._snapshot_slice(final)
+        key_records = await self._key_records(snapshot_slots, now_ms)
+        batches = list(self._outbox)
+        if not batches and not key_records:
+            self._snapshot_written(0, final)
             self._last_flush_ms = now_ms
             return
         sent = dict(self._pending)
-        records = self._batch_records(self._last_flush_ms, now_ms)
-        epochs = {name: lim.current_epoch for name, lim in self.engine.limiters.items()}
-        if snapshot:
-            self._snapshot_keys.update(sent)
-            key_records = self._key_records(now_ms)
-        else:
-            key_records = []
         try:
-            await self.log.publish(records + key_records)
+            await self.log.publish(batches + key_records)
         except PublishFailed as exc:
             if self.broker_ok:
                 log.warning("publish failed, buffering %d keys: %s", len(self._pending), exc)
             else:
                 log.debug("publish failed again: %s", exc)
+            self._backoff = min(MAX_BACKOFF_S, max(self.flush_s, self._backoff * 2))
+            self._retry_at = time.monotonic() + self._backoff
             self.broker_ok = False
             self.metrics.broker_up.set(0)
             self.metrics.publish_failures.inc()
             return
         if not self.broker_ok:
             log.info("broker reachable again; published %d buffered keys", len(sent))
+        self._backoff = 0.0
+        self._retry_at = 0.0
         self.broker_ok = True
         self.last_ok_at = now
         self.metrics.broker_up.set(1)
         self._last_flush_ms = now_ms
+        self._outbox.clear()
+        self._outbox_items = 0
         for slot, entries in sent.items():
             if self._pending.get(slot) is entries:
                 del self._pending[slot]
         self._snapshot_keys.update(sent)
-        if snapshot:
-            self._snapshot_keys.clear()
-            self._snapshot_since = epochs
-            self._last_snapshot = time.monotonic()
-        self.metrics.records_produced.labels("batch").inc(len(records))
+        self._snapshot_written(len(snapshot_slots), final)
+        self.metrics.records_produced.labels("batch").inc(len(batches))
         self.metrics.records_produced.labels("key").inc(len(key_records))
         self.metrics.buffered.set(len(self._pending))
 
@@ -249,9 +322,10 @@ class Replicator:
                 await asyncio.sleep(0.5)
                 continue
             if records:
-                self._merge(records)
+                await self._merge(records)
 
-    def _merge(self, records: list[LogRecord]) -> None:
+    async def _merge(self, records: list[LogRecord]) -> None:
+        """Decode and merge peers' records, yielding to the event loop every slice."""
         now = self.clock()
         now_ms = to_unix_ms(now)
         me = self.engine.replica
@@ -263,7 +337,13 @@ class Replicator:
         own_key_end = self._own_key_end
         own_batch = self._own_batch
         applied = 0
+        deadline = time.perf_counter() + SLICE_S
         for record in records:
+            if time.perf_counter() >= deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + SLICE_S
+                now = self.clock()
+                now_ms = to_unix_ms(now)
             key = record.key
             if key is not None and (key.endswith(own_key_end) or own_batch in key):
                 continue  # our own record, read back: skipped before paying for decoding
@@ -278,7 +358,13 @@ class Replicator:
             except PoisonRecord as exc:
                 metrics.poison_record(exc.kind, str(exc))
                 continue
-            unknown = self.engine.apply(decoded.items, now)
+            items = decoded.items
+            unknown = 0
+            for i in range(0, len(items), APPLY_CHUNK):
+                if i:
+                    await asyncio.sleep(0)  # a big batch record: merge it in slices too
+                    now = self.clock()
+                unknown += self.engine.apply(items[i : i + APPLY_CHUNK], now)
             if unknown:
                 metrics.poison_record("unknown_rule", f"{unknown} deltas name an unknown rule")
             applied += len(decoded.items)

@@ -119,6 +119,7 @@ def test_dashboard_shows_totals_peers_and_top_keys_in_a_browser(
     assert page_b.rows["peers"][0][2].endswith("s ago")
     assert int(page_b.text["lag-count"]) > 0
     assert page_b.text["lag-p99"] != "–"
+    assert page_b.text["loop-p99"] != "–"  # the event-loop lag probe runs from the start
     assert page_b.text["status"].startswith("ready")
 
     screenshot = tmp_path / "dashboard.png"

@@ -16,7 +16,7 @@ async def test_unique_key_flood_stays_under_the_cap_and_counts_evictions() -> No
     settings = load_settings(kafka="none", max_keys=2000)
     node = build_node(settings, clock=clock)
     app = create_app(settings, node)
-    served = FastPath(app, app.state.protector)  # as uvicorn serves it
+    served = FastPath(app, app.state.protector, app.state.checker)  # as uvicorn serves it
     await node.start()
     try:
         transport = httpx.ASGITransport(app=served)

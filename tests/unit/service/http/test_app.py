@@ -440,8 +440,8 @@ async def test_the_check_answer_is_the_openapi_schema_of_check_result(
 ) -> None:
     schema = (await client.get("/openapi.json")).json()
     check = schema["paths"]["/v1/check"]["post"]["responses"]["200"]
-    ref = check["content"]["application/json"]["schema"]["$ref"]
-    assert ref == "#/components/schemas/CheckResult"
+    refs = [s["$ref"] for s in check["content"]["application/json"]["schema"]["anyOf"]]
+    assert refs == ["#/components/schemas/CheckResult", "#/components/schemas/BatchCheckResult"]
     fields = schema["components"]["schemas"]["CheckResult"]["properties"]
 
     body = (await client.post("/v1/check", json={"key": "schema", "cost": 1})).json()
@@ -464,3 +464,88 @@ async def test_every_429_has_one_body_shape(client: httpx.AsyncClient) -> None:
         "remaining": 0,
         "retry_after_ms": 100,
     }
+
+
+async def test_a_batch_of_checks_is_answered_in_order(client: httpx.AsyncClient) -> None:
+    checks = [
+        {"key": "b1", "cost": 15},
+        {"key": "b1", "cost": 10},
+        {"key": "b2"},
+        {"key": "b1", "limit": "no-such-rule"},
+        {"key": "b1", "cost": 5},
+    ]
+    response = await client.post("/v1/check", json={"checks": checks})
+
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r.get("allowed") for r in results] == [True, False, True, None, True]
+    assert [r.get("remaining") for r in results] == [5, 5, 19, None, 0]
+    assert results[3]["error"] == "unknown_rule"
+    one = (await client.post("/v1/check", json={"key": "b1"})).json()
+    assert one["allowed"] is False  # the batch spent what it admitted
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"checks": []},
+        {"checks": [{"key": "k"}] * 1001},
+        {"checks": [{"key": ""}]},
+        {"checks": [{"key": "k", "cost": 0}]},
+        {"checks": "k"},
+        {"checks": [{"key": "k"}], "key": "k"},
+    ],
+    ids=["empty", "too-many", "bad-key", "bad-cost", "not-a-list", "mixed"],
+)
+async def test_bad_batches_are_422_and_decide_nothing(
+    client: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    response = await client.post("/v1/check", json=body)
+
+    assert response.status_code == 422, response.text
+    assert json_error(response)["error"] == "invalid_request"
+    assert (await client.get("/v1/keys/k")).json()["consumed"] == 0
+
+
+async def test_a_body_over_a_mebibyte_is_413_before_it_is_parsed(
+    client: httpx.AsyncClient,
+) -> None:
+    declared = await client.post(
+        "/v1/check", content=b"{" + b" " * (1 << 20) + b"}", headers={"content-type": "x"}
+    )
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):  # no content-length: counted while it streams
+            yield b" " * 65536
+
+    streamed = await client.post("/v1/check", content=chunks())
+
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert json_error(response)["error"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"key": "same", "cost": 3},
+        {"key": "same", "cost": 100},
+        {"key": "same", "limit": "nope"},
+        {"checks": [{"key": "same"}, {"key": "same", "cost": 2}]},
+        {"key": ""},
+    ],
+)
+async def test_the_fast_path_answers_as_the_documented_route(
+    clock: ManualClock, rules_file: Path, body: dict[str, Any]
+) -> None:
+    answers = []
+    for fast_path in (True, False):
+        async with serve(build_app(clock, rules_file), fast_path=fast_path) as c:
+            response = await c.post("/v1/check", json=body)
+            answers.append((response.status_code, response.json()))
+    (fast_status, fast), (slow_status, slow) = answers
+    assert fast_status == slow_status
+    if fast_status == 422:
+        assert fast["error"] == slow["error"] == "invalid_request"
+    else:
+        assert fast == slow

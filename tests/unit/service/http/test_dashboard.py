@@ -41,3 +41,4 @@ async def test_data_reports_totals_rates_and_top_keys() -> None:
     assert [(k["key"], k["consumed"]) for k in data["top_keys"]] == [("alice", 20), ("bob", 3)]
     assert data["top_keys"][0]["tokens"] == 0
     assert data["sync_lag"] == {"count": 0, "mean_ms": None, "p50_ms": None, "p99_ms": None}
+    assert set(data["loop_lag"]) == {"count", "mean_ms", "p50_ms", "p99_ms"}

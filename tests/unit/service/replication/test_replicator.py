@@ -62,19 +62,25 @@ async def nodes(log: MemoryLog, clock: ManualClock) -> AsyncIterator[StartNode]:
         yield start
 
 
-def replicator_on(log: MemoryLog, clock: ManualClock, replica: str) -> Replicator:
+def replicator_on(
+    log: MemoryLog,
+    clock: ManualClock,
+    replica: str,
+    flush_s: float = 0.02,
+    snapshot_s: float = 3600.0,
+) -> Replicator:
     """A Replicator wired by hand (as bootstrap does) over its own engine and the log."""
     rules = RuleSet(default=default_rule("token_bucket", 10.0, BURST, 1.0))
-    engine = Engine(rules, replica, clock, SyncTiming(1.0, 3.0), max_keys=1000)
+    engine = Engine(rules, replica, clock, SyncTiming(1.0, 3.0), max_keys=100_000)
     return Replicator(
         engine,
         MemoryStateLog(log),
         Metrics(replica.partition("/")[0]),
         clock,
         lambda user: partition_for_user(user, PARTITIONS),
-        flush_s=0.02,
-        snapshot_s=3600.0,
-        max_buffered=100,
+        flush_s=flush_s,
+        snapshot_s=snapshot_s,
+        max_buffered=100_000,
     )
 
 
@@ -122,16 +128,79 @@ async def test_a_failed_publish_keeps_everything_buffered_until_the_log_answers(
     assert not a.broker_ok
     assert a.buffered == 1
     spend(a, "alice", 2)
-    await a.flush()
+    spend(a, "bob", 1)
+    await a.flush()  # backing off: collected, neither encoded nor sent
+    assert a.buffered == 2
     assert published(log) == []
 
     log.available = True
-    await a.flush()
-    assert a.broker_ok
+
+    async def retried() -> bool:
+        await a.flush()
+        return a.broker_ok
+
+    await wait_for(retried, what="the publish after the backoff")
     assert a.buffered == 0
     b = replicator_on(log, clock, "b/1")
     await b.bootstrap(1.0)
     assert b.engine.view("alice", b.engine.rules.default).contributions == {"a/1": 7}
+    assert b.engine.view("bob", b.engine.rules.default).contributions == {"a/1": 1}
+
+
+async def test_failed_flushes_encode_each_change_once(
+    log: MemoryLog, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = replicator_on(log, clock, "a/1")
+    encoded: list[int] = []
+    real = codec.encode_batch
+
+    def counting(replica: str, items: Any, since_ms: int, ts_ms: int) -> bytes:
+        encoded.append(len(items))
+        return real(replica, items, since_ms, ts_ms)
+
+    monkeypatch.setattr(codec, "encode_batch", counting)
+    monkeypatch.setattr("service.replication.replicator.MAX_BACKOFF_S", 0.0)
+    log.available = False
+    for i in range(300):
+        spend(a, f"user-{i}", 1)
+    for _ in range(5):
+        await a.flush()  # every attempt fails; the 300 keys are encoded the first time only
+    assert sum(encoded) == 300
+    assert a.buffered == 300
+
+    log.available = True
+    await a.flush()
+    assert a.broker_ok
+    assert sum(encoded) == 300
+    assert {d.key for _, rec in published(log) for _, d in rec.items} == {
+        f"user-{i}" for i in range(300)
+    }
+
+
+def key_record_keys(log: MemoryLog) -> list[bytes]:
+    sep = codec.SEP.encode()
+    return [r.key for part in log.partitions for r in part if r.key and not r.key.startswith(sep)]
+
+
+async def test_snapshots_are_spread_over_flushes_not_written_at_once(
+    log: MemoryLog, clock: ManualClock
+) -> None:
+    # Half a snapshot interval is 10 flushes: a round of 3,000 keys goes 300 per flush.
+    a = replicator_on(log, clock, "a/1", flush_s=0.01, snapshot_s=0.2)
+    for i in range(3000):
+        spend(a, f"user-{i}", 1)
+    written: list[int] = []
+
+    async def all_snapshotted() -> bool:
+        before = len(key_record_keys(log))
+        await a.flush()
+        written.append(len(key_record_keys(log)) - before)
+        return len(set(key_record_keys(log))) == 3000
+
+    await wait_for(all_snapshotted, what="every key's key record")
+    assert max(written) == 300
+    assert sum(1 for n in written if n) >= 10
+    assert len(key_record_keys(log)) == 3000  # each key once
 
 
 async def test_merging_skips_own_records_and_counts_poison(
