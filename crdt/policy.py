@@ -10,6 +10,13 @@ from crdt.errors import InvalidParameter
 # Admission tolerance in seconds of bucket time: absorbs float rounding of
 # `floor + used * interval` so that exactly C requests fit a bucket of capacity C.
 EPS_TIME = 1e-7
+# Bounds of a deployable limit, within which every answer derived from it stays finite
+# and representable (headers, epochs, floors); the core itself computes beyond them.
+# A bucket refills fully, or a window spans, at most about a year; a window lasts at
+# least a millisecond; at most a billion tokens a second.
+MAX_FULL_S = 366 * 86_400.0
+MIN_WINDOW_S = 0.001
+MAX_RATE = 1e9
 
 
 def positive_rate(name: str, value: object) -> float:
@@ -38,6 +45,25 @@ def finite_time(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidParameter(f"{name} must be a finite number of seconds, got {value!r}")
     return float(value)
+
+
+def bucket_problem(rate: float, capacity: int) -> str | None:
+    """Why a bucket of `capacity` at `rate` per second is out of bounds (None: it is not)."""
+    if rate > MAX_RATE:
+        return f"rate: at most {MAX_RATE:g} per second, got {rate:g}"
+    if capacity / rate > MAX_FULL_S:
+        return (
+            f"rate: a bucket of {capacity} must refill within {MAX_FULL_S / 86_400:g} days, "
+            f"so rate >= {capacity / MAX_FULL_S:.3g} per second; got {rate:g}"
+        )
+    return None
+
+
+def window_problem(window: float) -> str | None:
+    """Why a window of `window` seconds is out of bounds (None: it is not)."""
+    if not MIN_WINDOW_S <= window <= MAX_FULL_S:
+        return f"window_s: from {MIN_WINDOW_S:g} s to {MAX_FULL_S:g} s, got {window:g}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

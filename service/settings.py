@@ -10,12 +10,14 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crdt.limiter import Algorithm
+from crdt.policy import bucket_problem, window_problem
 from service.errors import ConfigError
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 FailMode = Literal["local", "share", "closed"]
+MIN_ADMIN_TOKEN = 16
 
 
 class Settings(BaseSettings):
@@ -45,7 +47,10 @@ class Settings(BaseSettings):
     seal_ms: float = Field(3000.0, gt=0, allow_inf_nan=False)
     fail_mode: FailMode = "local"
     bootstrap_timeout_s: float = Field(120.0, gt=0, allow_inf_nan=False)
+    # Unset: admin endpoints are off. Set: at least MIN_ADMIN_TOKEN characters.
     admin_token: SecretStr | None = None
+    # X-User-Tier picks a rule only behind a gateway that sets it (clients could claim any).
+    trust_tier_header: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_buffered_keys: int = Field(1_000_000, ge=1)
     publish_timeout_ms: float = Field(2000.0, gt=0, le=120_000, allow_inf_nan=False)
@@ -64,6 +69,19 @@ class Settings(BaseSettings):
     def _node_id(cls, value: str) -> str:
         if not _NODE_ID.match(value):
             raise ValueError("use 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if token != token.strip() or len(token) < MIN_ADMIN_TOKEN:
+            raise ValueError(
+                f"use at least {MIN_ADMIN_TOKEN} characters without surrounding blanks "
+                "(or leave it unset to turn the admin endpoints off)"
+            )
         return value
 
     @field_validator("kafka")
@@ -134,6 +152,17 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(
             "invalid setting kafka_sasl_username (--kafka-sasl-username / "
             "RATELIMITER_KAFKA_SASL_USERNAME): required with a SASL security protocol"
+        )
+    problem = (
+        bucket_problem(settings.rate, settings.burst)
+        if settings.algorithm == "token_bucket"
+        else window_problem(settings.window_s)
+    )
+    if problem:
+        name, _, reason = problem.partition(": ")
+        raise ConfigError(
+            f"invalid setting {name} (--{name.replace('_', '-')} / "
+            f"RATELIMITER_{name.upper()}): {reason}"
         )
     if settings.seal_ms <= settings.epoch_ms:
         raise ConfigError(

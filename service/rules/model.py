@@ -8,6 +8,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from crdt.limiter import Algorithm
+from crdt.policy import bucket_problem, window_problem
 from service.errors import ConfigError, UnknownRule
 
 RULE_NAME_MAX = 64
@@ -43,11 +44,16 @@ class Rule(BaseModel):
                 raise ValueError("a token_bucket rule needs rate and burst")
             if self.limit is not None or self.window_s is not None:
                 raise ValueError("limit and window_s belong to window rules")
+            # Every header, epoch and floor derived from the rule must stay finite.
+            problem = bucket_problem(self.rate, self.burst)
         else:
             if self.limit is None or self.window_s is None:
                 raise ValueError(f"a {self.algorithm} rule needs limit and window_s")
             if self.rate is not None or self.burst is not None:
                 raise ValueError("rate and burst belong to token_bucket rules")
+            problem = window_problem(self.window_s)
+        if problem:
+            raise ValueError(problem)
         if self.prefix is not None and self.tier is not None:
             raise ValueError("match by prefix or by tier, not both")
         return self

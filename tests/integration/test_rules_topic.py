@@ -20,7 +20,7 @@ from tests.service_helpers import clean_env, kafka_settings, sample, served, uni
 
 pytestmark = pytest.mark.integration
 
-ADMIN = {"Authorization": "Bearer t0ken"}
+ADMIN = {"Authorization": "Bearer t0ken-for-the-admin-api"}
 
 
 class Served:
@@ -60,7 +60,7 @@ async def start(
                 rate=0.05,
                 burst=20,
                 rules_topic=rules_topic,
-                admin_token="t0ken",
+                admin_token="t0ken-for-the-admin-api",
             )
             node = build_node(settings)
             app = create_app(settings, node)

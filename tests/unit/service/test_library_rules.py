@@ -292,12 +292,12 @@ async def test_shadow_mode_set_through_the_topic_admits_and_counts(cluster: Clus
 
 # -- admin endpoints ------------------------------------------------------------------
 
-ADMIN = {"Authorization": "Bearer s3cret"}
+ADMIN = {"Authorization": "Bearer s3cret-admin-token-for-tests"}
 
 
 @pytest.fixture
 async def admin_client(cluster: Cluster) -> AsyncIterator[tuple[Node, httpx.AsyncClient]]:
-    node = cluster.node("a", admin_token="s3cret")
+    node = cluster.node("a", admin_token="s3cret-admin-token-for-tests")
     app = create_app(node.settings, node)
     transport = httpx.ASGITransport(app=served(app))
     async with (
@@ -369,7 +369,7 @@ async def test_admin_put_answers_503_when_the_topic_cannot_be_written(
 
 
 async def test_a_node_without_a_rules_topic_applies_admin_changes_to_itself() -> None:
-    settings = load_settings(kafka="none", admin_token=SecretStr("s3cret"))
+    settings = load_settings(kafka="none", admin_token=SecretStr("s3cret-admin-token-for-tests"))
     node = build_node(settings, clock=ManualClock())
     app = create_app(settings, node)
     transport = httpx.ASGITransport(app=app)

@@ -43,7 +43,7 @@ def rules_file(tmp_path: Path) -> Path:
 
 
 def build_app(clock: ManualClock, rules: Path) -> FastAPI:
-    settings = standalone_settings(node_id="solo", rules=str(rules))
+    settings = standalone_settings(node_id="solo", rules=str(rules), trust_tier_header=True)
     return create_app(settings, build_node(settings, clock=clock))
 
 

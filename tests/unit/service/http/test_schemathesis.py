@@ -13,7 +13,7 @@ from service.settings import load_settings
 
 # The served stack: the /protected fast path in front of the FastAPI app (schemathesis
 # runs its lifespan, so the node starts). The admin token makes /v1/refund reachable.
-ASGI = create_asgi(load_settings(kafka="none", admin_token="secret-token"))
+ASGI = create_asgi(load_settings(kafka="none", admin_token="secret-token-for-schemathesis"))
 schema = schemathesis.openapi.from_asgi("/openapi.json", ASGI)
 NON_JSON = ("/metrics", "/docs", "/openapi.json", "/redoc", "/dashboard")
 
