@@ -20,6 +20,7 @@ from service.replication.replicator import Replicator
 from service.rules.feed import RulesFeed
 from service.rules.model import InvalidRule, Rule, RuleSet, overlay
 from service.settings import Settings
+from service.supervisor import Supervisor
 
 log = logging.getLogger("ratelimiter.node")
 
@@ -65,8 +66,10 @@ class Node:
         self.ready = False
         self.fatal: str | None = None
         self._replicating = False
+        self._rules_read = False
+        self._log_started = False
         self._share: dict[str, Limiter] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor(metrics, on_change=self._readiness_changed)
         self.decisions: dict[tuple[str, ...], float] = {
             (rule.name, outcome): 0 for rule in rules.all() for outcome in OUTCOMES
         }
@@ -85,26 +88,18 @@ class Node:
 
     async def start(self) -> None:
         """Start background work; readiness follows once bootstrapped (or at once standalone)."""
-        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweep"))
-        self._tasks.append(asyncio.create_task(self.metrics.probe_loop_lag(), name="loop-lag"))
-        if self.replicator is None:
+        spawn = self.supervisor.spawn
+        spawn("sweep", self._sweep_loop)
+        spawn("loop-lag", self.metrics.probe_loop_lag)
+        replicator = self.replicator
+        if replicator is None:
             self._set_ready()
             return
-        self._tasks.append(asyncio.create_task(self._connect(self.replicator), name="connect"))
+        spawn("connect", lambda: self._connect(replicator))
 
     async def stop(self) -> None:
         """Stop background work; publish what was admitted before disconnecting."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                # A task that died must not keep stop() from disconnecting.
-                log.exception("background task %s had failed", task.get_name())
-        self._tasks = []
+        await self.supervisor.stop()  # a task that had failed cannot keep stop() from here
         if self.rules_feed is not None:
             await self.rules_feed.stop()
         if self.replicator is not None:
@@ -112,6 +107,8 @@ class Node:
                 await self.replicator.stop()  # publishes what was admitted
                 self._replicating = False
             await self.replicator.log.stop()
+            self._log_started = False
+        self._rules_read = False
         self.ready = False
 
     async def __aenter__(self) -> Node:
@@ -138,19 +135,31 @@ class Node:
 
     def _set_ready(self) -> None:
         self.ready = True
-        self.metrics.ready.set(1)
+        self._readiness_changed()
         log.info("node %s ready (replica %s)", self.settings.node_id, self.replica)
         for listener in self.ready_listeners:
             listener()
 
+    @property
+    def failing(self) -> str | None:
+        """Why background work keeps failing (the node is then not ready), else None."""
+        return self.supervisor.failing
+
+    def _readiness_changed(self) -> None:
+        self.metrics.ready.set(1 if self.ready and self.failing is None else 0)
+
     async def _connect(self, replicator: Replicator) -> None:
         s = self.settings
-        if self.rules_feed is not None and not await self._read_rules(self.rules_feed):
-            return
-        while True:
+        feed = self.rules_feed
+        if feed is not None and not self._rules_read:
+            if not await self._read_rules(feed):
+                return
+            self._rules_read = True
+            self.supervisor.spawn("rules", feed.follow)
+        while not self._log_started:  # a restarted connect reuses the started log
             try:
                 await replicator.log.start()
-                break
+                self._log_started = True
             except TopicConfigMismatch as exc:
                 self.fatal = str(exc)
                 log.error("%s", exc)
@@ -168,7 +177,8 @@ class Node:
             log.error("%s", self.fatal)
             return
         self.metrics.broker_up.set(1)
-        replicator.start()
+        self.supervisor.spawn("flush", replicator.flush_loop)
+        self.supervisor.spawn("consume", replicator.consume_loop)
         self._replicating = True
         self._set_ready()
 
@@ -258,10 +268,7 @@ class Node:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
-            try:
-                self.maintain()
-            except Exception:
-                log.exception("sweep failed")
+            self.maintain()
 
     # -- decisions -------------------------------------------------------------
 

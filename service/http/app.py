@@ -219,17 +219,20 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        """200 once bootstrapped from the state topic (at once when standalone)."""
+        """200 once bootstrapped from the state topic (at once when standalone) and while no
+        background task keeps failing; 503 with the reason otherwise."""
+        ready = node.ready and node.failing is None
         body = {
-            "ready": node.ready,
+            "ready": ready,
             "node": node.settings.node_id,
             "replica": node.replica,
             "standalone": node.settings.standalone,
             "mode": node.mode,
         }
-        if node.fatal:
-            body["error"] = node.fatal
-        return _json(body, 200 if node.ready else 503)
+        reason = node.fatal or node.failing
+        if reason:
+            body["error"] = reason
+        return _json(body, 200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -13,7 +12,7 @@ from typing import NamedTuple
 from crdt.delta import Delta, Entry
 from service.clock import Clock, to_unix_ms
 from service.engine import Engine
-from service.errors import PoisonRecord
+from service.errors import PoisonRecord, RateLimiterError
 from service.metrics import Metrics
 from service.replication import codec
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed, StateLog
@@ -86,7 +85,6 @@ class Replicator:
         self._round_epochs: dict[str, int] = {}
         self._next_round = time.monotonic() + snapshot_s
         self._last_flush_ms = to_unix_ms(clock())
-        self._tasks: list[asyncio.Task[None]] = []
         # Our own records end (key records) or contain (batch records) these bytes.
         self._own_key_end = (codec.SEP + engine.replica).encode()
         self._own_batch = (codec.SEP + engine.replica + codec.SEP).encode()
@@ -117,21 +115,9 @@ class Replicator:
         log.info("bootstrapped from %d records in %.2fs", count, time.monotonic() - started)
         return count
 
-    def start(self) -> None:
-        """Start the flush and consume loops."""
-        self._tasks = [
-            asyncio.create_task(self._flush_loop(), name="flush"),
-            asyncio.create_task(self._consume_loop(), name="consume"),
-        ]
-
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
-        """Stop the loops, then publish everything admitted so far (best effort, bounded)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        """Publish everything admitted so far (best effort, bounded); the loops were
+        stopped first by whoever runs them."""
         try:
             async with asyncio.timeout(drain_timeout_s):
                 await self.flush(final=True)
@@ -297,13 +283,11 @@ class Replicator:
         self.metrics.records_produced.labels("key").inc(len(key_records))
         self.metrics.buffered.set(len(self._pending))
 
-    async def _flush_loop(self) -> None:
+    async def flush_loop(self) -> None:
+        """Flush every `flush_s` (run it as a supervised task: a bug propagates)."""
         while True:
             started = time.monotonic()
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("flush failed")
+            await self.flush()
             await asyncio.sleep(max(0.0, self.flush_s - (time.monotonic() - started)))
 
     def alive_peers(self, timeout_s: float) -> int:
@@ -313,11 +297,13 @@ class Replicator:
 
     # -- in --------------------------------------------------------------------
 
-    async def _consume_loop(self) -> None:
+    async def consume_loop(self) -> None:
+        """Fetch and merge peers' records forever (a supervised task: a bug propagates;
+        a broker error is waited out)."""
         while True:
             try:
                 records = await self.log.fetch(0.1, FETCH_MAX_RECORDS)
-            except Exception as exc:
+            except (RateLimiterError, OSError) as exc:
                 log.warning("fetch failed: %r", exc)
                 await asyncio.sleep(0.5)
                 continue

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from service.errors import RateLimiterError
+from service.errors import BrokerError, RateLimiterError
 from service.replication.topic import ensure_state_topic
 
 log = logging.getLogger("ratelimiter.statelog")
@@ -221,9 +221,12 @@ class KafkaStateLog:
         return {tp.partition: int(await consumer.position(tp)) for tp in self._tps}
 
     async def fetch(self, timeout_s: float, max_records: int) -> list[LogRecord]:
-        batches = await self._reader().getmany(
-            timeout_ms=int(timeout_s * 1000), max_records=max_records
-        )
+        try:
+            batches = await self._reader().getmany(
+                timeout_ms=int(timeout_s * 1000), max_records=max_records
+            )
+        except KafkaError as exc:
+            raise BrokerError(f"reading the state topic {self.topic!r} failed: {exc!r}") from exc
         out: list[LogRecord] = []
         for tp, records in batches.items():
             for r in records:

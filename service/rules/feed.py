@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -47,11 +46,10 @@ class RulesFeed:
         )
         self._logged: set[str] = set()
         self._held: dict[str, Rule] = {}
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout_s: float, apply: Callable[[Changes], None]) -> int:
-        """Connect, hand every rule on the topic to `apply`, then follow it; returns records
-        read. `apply` gets every change of one fetch at once (None deletes an override)."""
+        """Connect and hand every rule on the topic to `apply` (then run `follow`); returns
+        records read. `apply` gets every change of one fetch at once (None deletes one)."""
         self._apply = apply
         await self.log.start()
         try:
@@ -61,27 +59,23 @@ class RulesFeed:
             raise
         self._handle(records)
         log.info("rules topic read: %d records, %d rules in force", len(records), len(self._held))
-        self._task = asyncio.create_task(self._follow(), name="rules")
         return len(records)
 
     async def stop(self) -> None:
-        """Stop following and disconnect."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Disconnect (whoever runs `follow` stops it first)."""
         await self.log.stop()
 
     async def publish(self, name: str, rule: Rule | None) -> None:
         """Write a rule (or a tombstone deleting it) to the topic."""
         await self.log.publish(name.encode(), None if rule is None else encode_rule(rule))
 
-    async def _follow(self) -> None:
+    async def follow(self) -> None:
+        """Apply every change as it arrives (a supervised task: a bug propagates; a broker
+        error is waited out)."""
         while True:
             try:
                 records = await self.log.fetch(FETCH_TIMEOUT_S)
-            except Exception as exc:
+            except (RateLimiterError, OSError) as exc:
                 log.warning("reading the rules topic failed: %r", exc)
                 await asyncio.sleep(RETRY_S)
                 continue

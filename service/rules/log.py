@@ -129,7 +129,10 @@ class KafkaRulesLog:
         return out
 
     async def fetch(self, timeout_s: float) -> list[RuleRecord]:
-        batches = await self._reader().getmany(timeout_ms=int(timeout_s * 1000))
+        try:
+            batches = await self._reader().getmany(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            raise BrokerError(f"reading the rules topic {self.topic!r} failed: {exc!r}") from exc
         return [RuleRecord(r.key, r.value) for records in batches.values() for r in records]
 
     async def publish(self, key: bytes, value: bytes | None) -> None:
