@@ -25,7 +25,8 @@ from service.supervisor import Supervisor
 log = logging.getLogger("ratelimiter.node")
 
 SWEEP_INTERVAL_S = 0.25
-SWEEP_BUDGET = 20_000
+SWEEP_BUDGET = 20_000  # keys looked at per sweep ...
+SWEEP_SLICE = 1_000  # ... a slice at a time, yielding to the event loop in between
 RETRY_S = 1.0
 OUTCOMES = ("admitted", "denied", "shadow_denied")
 
@@ -256,19 +257,22 @@ class Node:
             await asyncio.sleep(0.01)
         return True
 
-    def maintain(self) -> None:
-        """Seal old epochs and forget idle keys (the sweep loop calls this periodically)."""
+    def maintain(self, budget: int = SWEEP_BUDGET) -> None:
+        """Seal old epochs and forget idle keys, looking at `budget` keys (the sweep loop
+        calls this periodically)."""
         now = self.clock()
         if self.settings.standalone:
             # No peers to ship deltas to; flushing clears the dirty marks that would
             # otherwise keep every key from ever counting as idle.
             self.engine.flush(now)
-        self.engine.sweep(now, SWEEP_BUDGET)
+        self.engine.sweep(now, budget)
 
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
-            self.maintain()
+            for _ in range(SWEEP_BUDGET // SWEEP_SLICE):
+                self.maintain(SWEEP_SLICE)
+                await asyncio.sleep(0)
 
     # -- decisions -------------------------------------------------------------
 
