@@ -155,14 +155,17 @@ class Replicator:
         by_partition: dict[int, list[tuple[str, Delta]]] = {}
         replica = self.engine.replica
         pending = self._pending
+        deadline = time.perf_counter() + SLICE_S
         for rule, key in slots:
             entries = pending.get((rule, key))
             if entries is None:
                 continue
             delta = Delta(key, replica, tuple(entries[e] for e in sorted(entries)))
             by_partition.setdefault(self.partition_of(key), []).append((rule, delta))
+            if time.perf_counter() >= deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + SLICE_S
         since_ms = self._last_flush_ms
-        deadline = time.perf_counter() + SLICE_S
         for partition, items in by_partition.items():
             record_key = codec.batch_record_key(replica, partition)
             for i in range(0, len(items), MAX_ITEMS_PER_RECORD):
