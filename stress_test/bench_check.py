@@ -35,7 +35,6 @@ from typing import Any
 from service.local.jars import repo_root
 from service.local.nodes import NodeFailed
 from service.local.process import LOOPBACK, free_port, tail
-from stress_test.bench_http import machine_info
 from stress_test.bench_processes import (
     BenchError,
     WrkResult,
@@ -49,6 +48,7 @@ from stress_test.bench_processes import (
     system_busy_seconds,
     wait_http,
 )
+from stress_test.provenance import git_commit, machine_info
 
 GUBERNATOR_MODULE = "github.com/gubernator-io/gubernator/v2"
 GUBERNATOR_VERSION = "v2.13.0"
@@ -452,8 +452,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": shlex.join(["python", "-m", "stress_test.bench_check", *argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git_commit": git(root, "rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(git(root, "--no-optional-locks", "status", "-s", "-uno")),
+        "git": git_commit(),
         "machine": {**machine_info(), "go": go_version()},
         "settings": {
             "wrk": f"1 thread, {args.conns} connections, {args.secs:g} s x {args.reps} reps "
@@ -550,18 +549,6 @@ def start_servers(
     ]  # fmt: skip
 
 
-def git(root: Path, *command: str) -> str | None:
-    """The stripped output of a read-only git command, None when it fails."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(
-            ["git", "-C", str(root), *command], capture_output=True, text=True, timeout=30,
-            check=False,
-        )  # fmt: skip
-        if done.returncode == 0:
-            return done.stdout.strip()
-    return None
-
-
 def go_version() -> str | None:
     """`go version`, None without Go."""
     go = shutil.which("go")
@@ -615,8 +602,8 @@ def render_table(report: dict[str, Any]) -> str:
     """The report as readable text."""
     lines = [
         f"# {report['command']}",
-        f"date {report['date']}  commit {report['git_commit']}"
-        + (" (dirty tree)" if report.get("git_dirty") else "")
+        f"date {report['date']}  commit {report['git']['commit']}"
+        + (" (dirty tree)" if report["git"]["dirty"] else "")
         + f"  elapsed {report['elapsed_s']} s",
         "machine " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
         *(f"{k}: {v}" for k, v in report["settings"].items()),

@@ -33,7 +33,6 @@ from service.errors import RateLimiterError
 from service.local.broker import LocalBroker
 from service.local.nodes import NodeProcess
 from stress_test.bench_half import per_bucket
-from stress_test.bench_http import machine_info
 from stress_test.bench_processes import (
     NODE_LIMIT,
     BenchError,
@@ -51,6 +50,7 @@ from stress_test.bench_processes import (
     wait_http,
 )
 from stress_test.bench_run import Bench
+from stress_test.provenance import git_commit, machine_info
 
 PROG = "python -m stress_test.bench_distinct"
 MAX_KEYS = 2_000_000  # far above the ids one run sends: no eviction in the measured windows
@@ -523,23 +523,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.secs < 1:
         parser.error("--secs must be at least 1")
     return args
-
-
-def git_commit() -> dict[str, Any]:
-    """The short commit of the checkout and whether its work tree has changes."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(status)}
 
 
 NOTES = [

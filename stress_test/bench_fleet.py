@@ -48,7 +48,6 @@ from service.replication import codec
 from service.replication.replicator import MAX_ITEMS_PER_RECORD
 from service.replication.topic import ensure_state_topic
 from service.rules.model import DEFAULT_RULE
-from stress_test.bench_http import machine_info
 from stress_test.bench_processes import (
     NODE_LIMIT,
     BenchError,
@@ -64,6 +63,7 @@ from stress_test.bench_processes import (
     total,
 )
 from stress_test.bench_run import Bench
+from stress_test.provenance import git_commit, machine_info
 
 PROG = "python -m stress_test.bench_fleet"
 DEFAULT_WRITERS = (3, 6, 12, 25, 50)
@@ -775,23 +775,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.repeat_share < 1:
         parser.error("--repeat-share must be in [0, 1)")
     return args
-
-
-def git_commit() -> dict[str, Any]:
-    """The short commit of the checkout and whether its tracked files have changes."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(status)}
 
 
 NOTES = [

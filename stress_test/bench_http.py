@@ -13,13 +13,10 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
-import re
 import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +47,7 @@ from stress_test.bench_processes import (
     uvicorn_app,
 )
 from stress_test.bench_run import Bench
+from stress_test.provenance import machine_info
 
 SECTIONS = ("node", "bare", "raw", "slowapi", "half", "memory", "bootstrap")
 TARGETS = {
@@ -290,36 +288,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0 < args.half_fraction <= 1:
         build_parser().error("--half-fraction must be in (0, 1]")
     return args
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, cores, memory, OS, Python and tool versions of this run."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = found.group(1).strip() if found else cpu
-    mem_total = None
-    with contextlib.suppress(OSError, AttributeError):
-        found = re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M)
-        mem_total = round(int(found.group(1)) / 1024**2, 1) if found else None
-
-    def version(command: list[str]) -> str | None:
-        if shutil.which(command[0]) is None:
-            return None
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
-        lines = (done.stdout + done.stderr).strip().splitlines()
-        return lines[0] if lines else None
-
-    return {
-        "cpu": cpu,
-        "nproc": len(os.sched_getaffinity(0)),
-        "mem_gib": mem_total,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "wrk": version(["wrk", "-v"]),
-        "redis": version(["redis-server", "--version"]),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def ratios_and_targets(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -255,8 +255,7 @@ def test_the_table_shows_every_scenario_ratio_and_skip() -> None:
     report = {
         "command": "python -m stress_test.bench_check --quick",
         "date": "2025-01-01T00:00:00+00:00",
-        "git_commit": "abc1234",
-        "git_dirty": True,
+        "git": {"commit": "abc1234", "dirty": True},
         "elapsed_s": 20.0,
         "machine": {"cpu": "x", "nproc": 2},
         "settings": {"keys": "cycled over 1000 keys"},

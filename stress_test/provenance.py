@@ -1,0 +1,59 @@
+"""Where a benchmark's figures come from: the machine and the commit they were measured on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, memory, OS, Python and tool versions of this run."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = found.group(1).strip() if found else cpu
+    mem_total = None
+    with contextlib.suppress(OSError, AttributeError):
+        found = re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M)
+        mem_total = round(int(found.group(1)) / 1024**2, 1) if found else None
+
+    def version(command: list[str]) -> str | None:
+        if shutil.which(command[0]) is None:
+            return None
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        return lines[0] if lines else None
+
+    return {
+        "cpu": cpu,
+        "nproc": len(os.sched_getaffinity(0)),
+        "mem_gib": mem_total,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "wrk": version(["wrk", "-v"]),
+        "redis": version(["redis-server", "--version"]),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def git_commit() -> dict[str, Any]:
+    """The short commit of the checkout and whether its work tree has changes."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(status)}
