@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -14,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from service.bootstrap import build_node
 from service.engine import MAX_KEY_BYTES
-from service.errors import BadRequest, Unauthorized, UnknownRule
+from service.errors import BadRequest, UnknownRule
 from service.http import errors
+from service.http.auth import require_admin
 from service.http.contract import (
     MAX_COST,
     BatchCheckRequest,
@@ -38,18 +38,6 @@ class RefundRequest(BaseModel):
     key: StrictStr = Field(min_length=1, max_length=MAX_KEY_BYTES)
     cost: StrictInt = Field(ge=1, le=MAX_COST)
     limit: StrictStr | None = Field(None, min_length=1, max_length=RULE_NAME_MAX)
-
-
-def require_admin(settings: Settings, authorization: str | None) -> None:
-    """Unauthorized unless `Authorization: Bearer <admin token>` matches the settings."""
-    token = settings.admin_token
-    if token is None:
-        raise Unauthorized("admin endpoints are disabled: start the node with --admin-token")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(
-        given.strip().encode(), token.get_secret_value().encode()
-    ):
-        raise Unauthorized("a valid `Authorization: Bearer <token>` header is required")
 
 
 def _json(data: object, status: int = 200) -> Response:

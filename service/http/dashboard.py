@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import math
 import time
 from collections import deque
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import Histogram
 
+from service.http.auth import bearer_or_token, require_admin
 from service.http.dashboard_page import PAGE
 from service.metrics import histogram_quantile
 from service.node import Node
 
+REFRESH_S = 1.0  # /dashboard/data is computed at most this often
+SLICE_S = 0.001  # the top-keys scan yields to the event loop after this much work
 RATE_WINDOW_S = 10.0  # admitted/denied per second over (at most) this many seconds
 TOP_KEYS = 10
 SCAN_LIMIT = 20_000  # keys looked at for the top list per poll: bounded work per request
@@ -103,17 +108,23 @@ def peers(node: Node) -> list[dict[str, Any]]:
     ]
 
 
-def top_keys(node: Node, count: int = TOP_KEYS) -> tuple[list[dict[str, Any]], bool]:
-    """The keys with the most consumption (merged across nodes); True when the scan was cut."""
+async def top_keys(node: Node, count: int = TOP_KEYS) -> tuple[list[dict[str, Any]], bool]:
+    """The keys with the most consumption (merged across nodes); True when the scan was cut.
+
+    The scan yields to the event loop every slice: requests never wait behind it."""
     now = node.clock()
     candidates = []
     scanned = 0
-    for rule_name, limiter in node.engine.limiters.items():
+    deadline = time.perf_counter() + SLICE_S
+    for rule_name, limiter in list(node.engine.limiters.items()):
         keys = limiter.keys()[: SCAN_LIMIT - scanned]
         scanned += len(keys)
         for key in keys:
             view = limiter.view(key, now)
             candidates.append((view.consumed, key, rule_name, view))
+            if time.perf_counter() >= deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + SLICE_S
     best = heapq.nlargest(count, candidates, key=lambda c: (c[0], c[1]))
     rows = [
         {
@@ -128,10 +139,10 @@ def top_keys(node: Node, count: int = TOP_KEYS) -> tuple[list[dict[str, Any]], b
     return rows, scanned >= SCAN_LIMIT and node.engine.tracked_keys() > SCAN_LIMIT
 
 
-def snapshot(node: Node, rates: DecisionRates) -> dict[str, Any]:
+async def snapshot(node: Node, rates: DecisionRates) -> dict[str, Any]:
     """Everything the page shows, now."""
+    keys, truncated = await top_keys(node)
     admitted, denied = rates.totals()
-    keys, truncated = top_keys(node)
     replicator = node.replicator
     s = node.settings
     return {
@@ -160,10 +171,30 @@ def snapshot(node: Node, rates: DecisionRates) -> dict[str, Any]:
     }
 
 
+class DashboardData:
+    """The /dashboard/data body, computed at most once per REFRESH_S however many poll."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.rates = DecisionRates(node)
+        self._body = b""
+        self._at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def body(self) -> bytes:
+        """The newest body (computed now when the last one is older than REFRESH_S)."""
+        async with self._lock:
+            if time.monotonic() - self._at >= REFRESH_S:
+                self._body = orjson.dumps(await snapshot(self.node, self.rates))
+                self._at = time.monotonic()
+        return self._body
+
+
 def dashboard_router(node: Node) -> APIRouter:
-    """The /dashboard page and its /dashboard/data endpoint for `node`."""
+    """The /dashboard page and its /dashboard/data endpoint for `node` (behind the admin
+    token when the node has one: `Authorization: Bearer`, or `?token=` from a browser)."""
     router = APIRouter(tags=["dashboard"])
-    rates = DecisionRates(node)
+    data = DashboardData(node)
 
     @router.get("/dashboard", response_class=HTMLResponse)
     async def dashboard() -> HTMLResponse:
@@ -171,8 +202,13 @@ def dashboard_router(node: Node) -> APIRouter:
         return HTMLResponse(PAGE)
 
     @router.get("/dashboard/data")
-    async def dashboard_data() -> Response:
-        """Rates, sync lag, peers and top keys of this node, as JSON."""
-        return Response(orjson.dumps(snapshot(node, rates)), media_type="application/json")
+    async def dashboard_data(
+        authorization: Annotated[str | None, Header()] = None,
+        token: Annotated[str | None, Query(max_length=256)] = None,
+    ) -> Response:
+        """Rates, sync lag, peers and top keys of this node, as JSON (refreshed each second)."""
+        if node.settings.admin_token is not None:
+            require_admin(node.settings, bearer_or_token(authorization, token))
+        return Response(await data.body(), media_type="application/json")
 
     return router

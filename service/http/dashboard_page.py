@@ -132,7 +132,7 @@ function render(d) {
 }
 async function poll() {
   try {
-    const response = await fetch("dashboard/data", {cache: "no-store"});
+    const response = await fetch("dashboard/data" + location.search, {cache: "no-store"});
     render(await response.json());
   } catch (error) {
     text("status", "unreachable: " + error);

@@ -14,6 +14,7 @@ from service.errors import ConfigError, UnknownRule
 RULE_NAME_MAX = 64
 RULE_NAME = rf"^[A-Za-z0-9._-]{{1,{RULE_NAME_MAX}}}$"
 DEFAULT_RULE = "default"
+MAX_RULES = 1000  # named rules besides the default
 
 
 class InvalidRule(ConfigError):
@@ -87,7 +88,8 @@ class RuleSet(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     default: Rule
-    rules: tuple[Rule, ...] = ()
+    # Matching walks the rules in order: beyond this many, refuse them with a clear error.
+    rules: tuple[Rule, ...] = Field((), max_length=MAX_RULES)
 
     @model_validator(mode="after")
     def _unique(self) -> Self:

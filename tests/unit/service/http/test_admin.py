@@ -12,6 +12,7 @@ import pytest
 from service.bootstrap import build_node
 from service.errors import ConfigError
 from service.http.app import create_app
+from service.rules.model import MAX_RULES, InvalidRule, rule_from_mapping
 from service.settings import load_settings
 from service.testing import ManualClock
 from tests.service_helpers import clean_env, served
@@ -93,3 +94,40 @@ async def test_the_tier_header_counts_only_when_trusted() -> None:
             ]
             answers[trusted] = statuses.count(200)
     assert answers == {False: 20, True: 30}
+
+
+async def test_the_dashboard_data_is_behind_the_token_when_one_is_set(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/dashboard/data")).status_code == 401
+    assert (await client.get("/dashboard/data", headers=ADMIN)).status_code == 200
+    assert (await client.get("/dashboard/data", params={"token": TOKEN})).status_code == 200
+    assert (await client.get("/dashboard/data", params={"token": "wrong"})).status_code == 401
+
+
+async def test_the_dashboard_data_is_computed_at_most_once_a_second(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = (await client.get("/dashboard/data", headers=ADMIN)).json()
+    await client.post("/protected", headers={"X-User-ID": "carol"})
+    again = (await client.get("/dashboard/data", headers=ADMIN)).json()
+    assert again == first  # the same body, not recomputed within the second
+
+    monkeypatch.setattr("service.http.dashboard.REFRESH_S", 0.0)
+    fresh = (await client.get("/dashboard/data", headers=ADMIN)).json()
+    assert fresh["decisions"]["admitted"] == first["decisions"]["admitted"] + 1
+
+
+def test_beyond_a_thousand_rules_a_change_is_refused_with_the_reason() -> None:
+    node = build_node(load_settings(kafka="none"), clock=ManualClock())
+    many = {
+        f"r{i}": rule_from_mapping({"prefix": f"p{i}-", "rate": 1, "burst": 1}, f"r{i}")
+        for i in range(MAX_RULES + 1)
+    }
+    with pytest.raises(InvalidRule, match=f"at most {MAX_RULES}"):
+        node.set_topic_rules(many)
+    assert node.rules.rules == ()  # nothing changed
+
+    many.popitem()
+    node.set_topic_rules(many)
+    assert len(node.rules.rules) == MAX_RULES
