@@ -24,3 +24,8 @@ def system_clock() -> float:
 def to_unix_ms(cluster_seconds: float) -> int:
     """Cluster seconds to Unix milliseconds (for Kafka timestamps and lag)."""
     return int((cluster_seconds + ORIGIN) * 1000)
+
+
+def from_unix_ms(unix_ms: int) -> float:
+    """Unix milliseconds (a record's timestamp) to cluster seconds."""
+    return unix_ms / 1000 - ORIGIN

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from crdt.delta import Delta, Entry
-from service.clock import Clock, to_unix_ms
+from service.clock import Clock, from_unix_ms, to_unix_ms
 from service.engine import Engine
 from service.errors import PoisonRecord, RateLimiterError
 from service.metrics import Metrics
@@ -24,6 +24,7 @@ log = logging.getLogger("ratelimiter.sync")
 SLICE_S = 0.001
 MAX_ITEMS_PER_RECORD = 500  # one record's encoding stays within about a slice
 FETCH_MAX_RECORDS = 5000
+PEER_FORGET_S = 600.0  # a peer silent this long is forgotten (share mode, dashboard)
 APPLY_CHUNK = 200  # deltas of one record merged between two yields
 MIN_SNAPSHOT_SLICE = 256  # key records per flush at least, while a round is being written
 MAX_BACKOFF_S = 2.0  # between publish attempts while the broker does not acknowledge
@@ -234,6 +235,8 @@ class Replicator:
         """
         now = self.clock()
         self._collect(now)
+        if self.peers:
+            self.forget_peers(now)
         now_ms = to_unix_ms(now)
         if not final and time.monotonic() < self._retry_at:
             return
@@ -294,9 +297,15 @@ class Replicator:
             await asyncio.sleep(max(0.0, self.flush_s - (time.monotonic() - started)))
 
     def alive_peers(self, timeout_s: float) -> int:
-        """Peer replicas heard from within `timeout_s` before the broker was last reachable."""
+        """Peer replicas that wrote within `timeout_s` before the broker was last reachable."""
         since = self.last_ok_at - timeout_s
         return sum(1 for seen in self.peers.values() if seen.at >= since)
+
+    def forget_peers(self, now: float) -> None:
+        """Drop peers silent for PEER_FORGET_S (incarnations of past deploys)."""
+        silent = [r for r, seen in self.peers.items() if seen.at < now - PEER_FORGET_S]
+        for replica in silent:
+            del self.peers[replica]
 
     # -- in --------------------------------------------------------------------
 
@@ -359,8 +368,14 @@ class Replicator:
             applied += len(decoded.items)
             if not bootstrapping:
                 metrics.sync_lag.observe(max(0, now_ms - decoded.since_ms) / 1000)
-            seen = self.peers.get(replica)
-            self.peers[replica] = PeerSeen(now, (seen.records if seen else 0) + 1)
+                # A peer is alive when it wrote lately, not when we read its history: the
+                # records read at bootstrap (past deploys among them) stamp nobody, and a
+                # record counts at the time its writer wrote it (never later than now).
+                seen = self.peers.get(replica)
+                written = min(now, from_unix_ms(decoded.ts_ms))
+                self.peers[replica] = PeerSeen(
+                    max(written, seen.at) if seen else written, (seen.records if seen else 0) + 1
+                )
         metrics.deltas_applied.inc(applied)
 
 

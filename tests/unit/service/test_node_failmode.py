@@ -95,3 +95,24 @@ async def test_local_mode_keeps_the_full_limit_while_cut_off(
     finally:
         for node in nodes:
             await node.stop()
+
+
+async def test_share_mode_counts_live_peers_not_past_deploys() -> None:
+    clock = ManualClock()
+    log = MemoryLog(4)
+    # Twenty earlier incarnations admitted something and went away (past deploys).
+    for i in range(20):
+        old = memory_node(log, clock, f"old-{i}", fail_mode="share", rate=1, burst=30)
+        await old.start()
+        await old.wait_ready(5)
+        old.decide(f"user-{i}", 1, old.rules.default)
+        await old.stop()
+    clock.advance(60)  # long before the outage: none of them is alive
+    node = memory_node(log, clock, "new", fail_mode="share", rate=1, burst=30)
+    async with node:
+        await node.wait_ready(5)
+        assert node.replicator is not None
+        assert node.replicator.alive_peers(node.settings.peer_timeout_s) == 0
+        await _cut(log, node)
+        admitted = sum(node.decide("solo", 1, node.rules.default).allowed for _ in range(40))
+    assert admitted == 30  # the whole burst: no live peer shares it (1/21 gave 1)

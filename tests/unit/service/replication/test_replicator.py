@@ -3,6 +3,8 @@ bootstrap, outage, poison."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -222,7 +224,17 @@ async def test_merging_skips_own_records_and_counts_poison(
         "ratelimiter_poison_records_total", {"kind": "bad_json"}
     )
     assert poison == 1
-    assert set(b.peers) == {"a/1"}
+    assert b.peers == {}  # history read at bootstrap makes nobody alive
+
+    consume = asyncio.create_task(b.consume_loop())
+    try:
+        spend(a, "alice", 1)
+        await a.flush()
+        await wait_for(lambda: set(b.peers) == {"a/1"}, what="a heard from after bootstrap")
+    finally:
+        consume.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consume
 
 
 def consumed(node: Node, user: str) -> int:
