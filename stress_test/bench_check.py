@@ -48,7 +48,7 @@ from stress_test.bench_processes import (
     system_busy_seconds,
     wait_http,
 )
-from stress_test.provenance import git_commit, machine_info
+from stress_test.provenance import git_commit, header_lines, machine_info
 
 GUBERNATOR_MODULE = "github.com/gubernator-io/gubernator/v2"
 GUBERNATOR_VERSION = "v2.13.0"
@@ -601,11 +601,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def render_table(report: dict[str, Any]) -> str:
     """The report as readable text."""
     lines = [
-        f"# {report['command']}",
-        f"date {report['date']}  commit {report['git']['commit']}"
-        + (" (dirty tree)" if report["git"]["dirty"] else "")
-        + f"  elapsed {report['elapsed_s']} s",
-        "machine " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
+        *header_lines(report),
         *(f"{k}: {v}" for k, v in report["settings"].items()),
         "",
         f"{'scenario':<26}{'req/s':>9}{'checks/s':>10}{'p50 ms':>8}{'p99 ms':>8}"

@@ -50,7 +50,7 @@ from stress_test.bench_processes import (
     wait_http,
 )
 from stress_test.bench_run import Bench
-from stress_test.provenance import git_commit, machine_info
+from stress_test.provenance import git_commit, header_lines, machine_info
 
 PROG = "python -m stress_test.bench_distinct"
 MAX_KEYS = 2_000_000  # far above the ids one run sends: no eviction in the measured windows
@@ -548,11 +548,7 @@ def render_table(report: dict[str, Any]) -> str:
     """The report as readable text."""
     results = report["results"]
     lines = [
-        f"# {report['command']}",
-        f"date {report['date']}  commit {report['git']['commit']}"
-        + (" (dirty)" if report["git"]["dirty"] else "")
-        + f"  elapsed {report['elapsed_s']} s",
-        "machine " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
+        *header_lines(report),
         "",
         f"{'scenario':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non2xx':>8}{'429':>6}"
         f"{'5xx':>5}{'sockerr':>8}{'CPU us/req':>11}{'lag p50/p99/max ms':>22}",

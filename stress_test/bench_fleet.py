@@ -63,7 +63,7 @@ from stress_test.bench_processes import (
     total,
 )
 from stress_test.bench_run import Bench
-from stress_test.provenance import git_commit, machine_info
+from stress_test.provenance import git_commit, header_lines, machine_info
 
 PROG = "python -m stress_test.bench_fleet"
 DEFAULT_WRITERS = (3, 6, 12, 25, 50)
@@ -809,11 +809,7 @@ def render_table(report: dict[str, Any]) -> str:
     """The report as readable text."""
     results = report["results"]
     lines = [
-        f"# {report['command']}",
-        f"date {report['date']}  commit {report['git']['commit']}"
-        + (" (dirty)" if report["git"]["dirty"] else "")
-        + f"  elapsed {report['elapsed_s']} s",
-        "machine " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
+        *header_lines(report),
         "",
         f"{'writers':>7}{'target/s':>10}{'offered/s':>11}{'merged/s':>10}{'records/s':>11}"
         f"{'cores':>8}{'us/delta':>10}{'lag p50/p99 ms':>16}{'kept up':>9}",

@@ -57,3 +57,14 @@ def git_commit() -> dict[str, Any]:
 
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(status)}
+
+
+def header_lines(report: dict[str, Any]) -> list[str]:
+    """The first lines of a benchmark's text report: command, date, commit, machine."""
+    return [
+        f"# {report['command']}",
+        f"date {report['date']}  commit {report['git']['commit']}"
+        + (" (dirty tree)" if report["git"]["dirty"] else "")
+        + f"  elapsed {report['elapsed_s']} s",
+        "machine " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
+    ]

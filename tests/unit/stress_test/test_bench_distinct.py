@@ -215,7 +215,7 @@ def test_table_names_every_scenario_and_ratio() -> None:
         "skipped": {"x": "why"},
     }
     text = render_table(report)
-    for word in ("standalone", "synced", "outage before", "outage during", "abc1234 (dirty)",
+    for word in ("standalone", "synced", "outage before", "outage during", "abc1234 (dirty tree)",
                  "outage_during_vs_before_p99", "skipped x: why", "1.0/5.0/100.0"):  # fmt: skip
         assert word in text
 
