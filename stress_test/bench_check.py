@@ -38,6 +38,7 @@ from service.local.process import LOOPBACK, free_port, tail
 from stress_test.bench_processes import (
     BenchError,
     WrkResult,
+    add_wrk_options,
     child,
     children_cpu_seconds,
     cpu_seconds,
@@ -47,6 +48,7 @@ from stress_test.bench_processes import (
     summarize,
     system_busy_seconds,
     wait_http,
+    wrk_options,
 )
 from stress_test.provenance import git_commit, header_lines, machine_info
 
@@ -573,29 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark a node's POST /v1/check (single and batches of 10) against "
         f"Gubernator {GUBERNATOR_VERSION} (POST /v1/GetRateLimits), /protected as a reference.",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quick", action="store_true", help="1 x 3 s per scenario")
-    p.add_argument("--secs", type=float, help="seconds per wrk run (default 8; quick 3)")
-    p.add_argument("--reps", type=int, help="wrk runs per scenario (default 3; quick 1)")
-    p.add_argument("--conns", type=int, default=16, help="wrk connections (default 16)")
+    add_wrk_options(p)
     p.add_argument("--keys", type=int, default=1000, help="distinct keys cycled (1000)")
     return p
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Options with --quick defaults filled in; an argparse error on impossible values."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.reps is None:
-        args.reps = 1 if args.quick else 3
-    if args.secs is None:
-        args.secs = 3.0 if args.quick else 8.0
-    for name in ("reps", "conns", "keys"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if args.secs < 1:
-        parser.error("--secs must be at least 1 (wrk runs whole seconds)")
-    return args
+    return wrk_options(build_parser(), argv, counts=("keys",))
 
 
 def render_table(report: dict[str, Any]) -> str:

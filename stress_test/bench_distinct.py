@@ -38,6 +38,7 @@ from stress_test.bench_processes import (
     BenchError,
     Samples,
     WrkResult,
+    add_wrk_options,
     bucket_quantile,
     buckets,
     cpu_seconds,
@@ -48,6 +49,7 @@ from stress_test.bench_processes import (
     summarize,
     total,
     wait_http,
+    wrk_options,
 )
 from stress_test.bench_run import Bench
 from stress_test.provenance import git_commit, header_lines, machine_info
@@ -495,11 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark a node's POST /protected with a new X-User-ID on every request: "
         "standalone, replicating through Kafka, and during a broker outage.",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quick", action="store_true", help="1 x 3 s per scenario")
-    p.add_argument("--secs", type=float, help="seconds per wrk run (default 8; quick 3)")
-    p.add_argument("--reps", type=int, help="wrk repetitions per scenario (default 3; quick 1)")
-    p.add_argument("--conns", type=int, default=16, help="wrk connections, 1 thread (16)")
+    add_wrk_options(p)
     p.add_argument(
         "--kafka",
         metavar="HOST:PORT",
@@ -511,18 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Options with --quick defaults filled in."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.secs is None:
-        args.secs = 3.0 if args.quick else 8.0
-    if args.reps is None:
-        args.reps = 1 if args.quick else 3
-    for name in ("reps", "conns"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if args.secs < 1:
-        parser.error("--secs must be at least 1")
-    return args
+    return wrk_options(build_parser(), argv)
 
 
 NOTES = [

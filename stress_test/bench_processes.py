@@ -3,6 +3,7 @@ py-spy; their output, /metrics and /proc figures parsed."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -387,3 +388,30 @@ def profiled(pid: int, out_dir: Path | None, name: str, sink: dict[str, Any]) ->
     if not output.exists():
         raise BenchError(f"py-spy wrote no profile: {err.decode(errors='replace').strip()}")
     sink["profile"] = {"file": str(output), **top_functions(output.read_text())}
+
+
+def add_wrk_options(parser: argparse.ArgumentParser) -> None:
+    """--json, --quick, --secs, --reps and --conns of a benchmark driven by wrk."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="1 x 3 s per scenario")
+    parser.add_argument("--secs", type=float, help="seconds per wrk run (default 8; quick 3)")
+    parser.add_argument("--reps", type=int, help="wrk runs per scenario (default 3; quick 1)")
+    parser.add_argument("--conns", type=int, default=16, help="wrk connections, 1 thread (16)")
+
+
+def wrk_options(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, counts: Sequence[str] = ()
+) -> argparse.Namespace:
+    """Parsed options with the --quick defaults filled in; an argparse error when --reps,
+    --conns or one of `counts` is below 1, or --secs below a second (wrk's unit)."""
+    args = parser.parse_args(argv)
+    if args.secs is None:
+        args.secs = 3.0 if args.quick else 8.0
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
+    for name in ("reps", "conns", *counts):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.secs < 1:
+        parser.error("--secs must be at least 1 (wrk runs whole seconds)")
+    return args
