@@ -26,8 +26,8 @@ class Limiter(Protocol):
         """Remaining allowance if admitted (>= 0), else minus the shortfall (< 0)."""
         ...
 
-    def refund(self, key: str, cost: int, now: float) -> None:
-        """Give back cost this replica admitted."""
+    def refund(self, key: str, cost: int, now: float) -> int:
+        """Give back at most `cost` this replica admitted lately; returns what was."""
         ...
 
     def flush(self, now: float) -> list[Delta]:

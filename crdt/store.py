@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from crdt.bucket import KeyState
@@ -33,6 +33,13 @@ class StoreStats:
     late_entries: int = 0
     late_cost: int = 0
     evicted_cells_forgotten: int = 0
+    # Entries skipped or clamped by the receiver's bounds, by kind (see `count_problem`).
+    entry_problems: dict[str, int] = field(default_factory=dict)
+
+    def count_problem(self, kind: str) -> None:
+        """Count one entry out of bounds: `epoch_ahead` (skipped), `floor_ahead`,
+        `cell_over_rule` and `refund_over_cell` (clamped)."""
+        self.entry_problems[kind] = self.entry_problems.get(kind, 0) + 1
 
 
 class BucketStore:
@@ -72,6 +79,12 @@ class BucketStore:
         self._cap_limit = self._cap_time + EPS_TIME
         self._epoch_width = self.timing.epoch
         self._seal_after = self.timing.seal_after
+        # Receiver bounds on a peer's entry (see `apply`): epochs at most this many ahead
+        # of ours, at most this much net cost per writer and epoch.
+        self._epochs_ahead = math.ceil(self._seal_after / self._epoch_width) + 1
+        self._net_max = math.ceil(
+            policy.capacity + policy.rate * (self._epoch_width + self._seal_after)
+        )
         self._e_now = 0
         self._epoch_start = math.inf  # forces _advance on first use
         self._epoch_end = -math.inf
@@ -139,20 +152,30 @@ class BucketStore:
             return left if left > 0.0 else 0.0
         return (self._cap_time - after) * self._rate
 
-    def refund(self, key: str, cost: int, now: float) -> None:
-        """Give back `cost` tokens this replica admitted earlier (a PN-counter decrement)."""
+    def refund(self, key: str, cost: int, now: float) -> int:
+        """Give back up to `cost` tokens this replica admitted in the current epoch (a
+        PN-counter decrement); returns what was given back.
+
+        A refund never exceeds this replica's own cell: a larger one would lower the
+        epoch's consumption below zero, and the next admission would ship a floor in the
+        future that every peer would take as debt.
+        """
         cost = positive_int("cost", cost)
         if not (self._epoch_start <= now < self._epoch_end):
             self._advance(now)
         st = self._keys.get(key)
         if st is None:
-            return  # a full bucket stays full
+            return 0  # a full bucket stays full
         if st.e < self._e_now:
             st.roll(self._e_now, self._interval, self._seal, self.replica)
-        x = st.extra()
-        x.own_n += cost
-        st.used -= cost
+        own_n = st.x.own_n if st.x is not None else 0
+        give = min(cost, st.own - own_n)
+        if give <= 0:
+            return 0
+        st.extra().own_n += give
+        st.used -= give
         self._dirty.add(key)
+        return give
 
     # -- replication -------------------------------------------------------------
 
@@ -195,35 +218,68 @@ class BucketStore:
         return len(self._dirty) + len(self._pending)
 
     def apply(self, delta: Delta, now: float) -> None:
-        """Merge a peer's Delta (our own deltas echoed back by the topic are ignored)."""
+        """Merge a peer's Delta (our own deltas echoed back by the topic are ignored).
+
+        Each entry is checked against `now` and the policy first, so a hostile entry or a
+        writer's clock far ahead can neither lock a user out nor hold a key: an epoch
+        more than the seal horizon ahead is skipped; a floor beyond now + C/r + the seal
+        horizon, a net cell beyond what the rule admits in an epoch (C + r * (epoch +
+        seal_after)) and a refund beyond its cell are clamped. Each is counted by kind.
+        """
         if delta.replica == self.replica:
             return
         if not (self._epoch_start <= now < self._epoch_end):
             self._advance(now)
+        entries = self._bounded(delta.entries, now)
+        if not entries:
+            return
         st = self._keys.get(delta.key)
         if st is None:
-            if not delta.entries:
-                return
-            st = self._insert(delta.key, delta.entries[0].epoch)
+            st = self._insert(delta.key, entries[0].epoch)
         seal = -(2**62) if self.bootstrapping else self._seal
         interval = self._interval
         me = self.replica
         late = 0
-        for entry in delta.entries:
+        for epoch, floor, p, n in entries:
             late_cost = st.merge(
-                delta.replica,
-                entry.epoch,
-                entry.floor,
-                entry.p,
-                entry.n,
-                interval=interval,
-                seal=seal,
-                me=me,
+                delta.replica, epoch, floor, p, n, interval=interval, seal=seal, me=me
             )
             if late_cost:
                 late += late_cost
                 self.stats.late_entries += 1
         self.stats.late_cost += late
+
+    def _bounded(self, entries: tuple[Entry, ...], now: float) -> tuple[Entry, ...]:
+        e_max = self._e_now + self._epochs_ahead
+        floor_max = now + self._cap_time + self._seal_after + self._epoch_width
+        net_max = self._net_max
+        for entry in entries:
+            if (
+                entry.epoch > e_max
+                or entry.floor > floor_max
+                or entry.n > entry.p
+                or (entry.p - entry.n > net_max)
+            ):
+                break
+        else:
+            return entries  # the common case: every entry within bounds, nothing copied
+        out = []
+        count = self.stats.count_problem
+        for epoch, floor, p, n in entries:
+            if epoch > e_max:
+                count("epoch_ahead")
+                continue
+            if n > p:
+                count("refund_over_cell")
+                n = p
+            if p - n > net_max:
+                count("cell_over_rule")
+                p = n + net_max
+            if floor > floor_max:
+                count("floor_ahead")
+                floor = floor_max
+            out.append(Entry(epoch, floor, p, n))
+        return tuple(out)
 
     # -- reading -----------------------------------------------------------------
 

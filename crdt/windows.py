@@ -133,16 +133,21 @@ class WindowStore:
         self._dirty.add(key)
         return max(left, 0.0)
 
-    def refund(self, key: str, cost: int, now: float) -> None:
-        """Give back cost admitted by this replica in the current window."""
+    def refund(self, key: str, cost: int, now: float) -> int:
+        """Give back up to `cost` admitted by this replica in the current window (never
+        more than its own cell); returns what was given back."""
         cost = positive_int("cost", cost)
         st = self._state(key, now)
-        if st is None:
-            return
+        if st is None or st.cur != self._window(now):
+            return 0
         own_p, own_n = st.cur_cells.get(self.replica, (0, 0))
-        st.cur_cells[self.replica] = (own_p, own_n + cost)
-        st.cur_used -= cost
+        give = min(cost, own_p - own_n)
+        if give <= 0:
+            return 0
+        st.cur_cells[self.replica] = (own_p, own_n + give)
+        st.cur_used -= give
         self._dirty.add(key)
+        return give
 
     def _own_entries(self, st: WindowState) -> tuple[Entry, ...]:
         out = []
@@ -184,19 +189,39 @@ class WindowStore:
         return len(self._dirty) + len(self._pending)
 
     def apply(self, delta: Delta, now: float) -> None:
-        """Merge a peer's Delta."""
+        """Merge a peer's Delta, each entry bounded by `now` and the limit first: a window
+        more than one ahead of ours is skipped, a refund beyond its cell and a net cell
+        beyond the limit are clamped (counted by kind in `stats.entry_problems`)."""
         if delta.replica == self.replica or not delta.entries:
+            return
+        w_now = self._window(now)
+        limit = self.policy.limit
+        count = self.stats.count_problem
+        entries = []
+        for entry in delta.entries:
+            w, _, p, n = entry
+            if w > w_now + 1:
+                count("epoch_ahead")
+                continue
+            if n > p:
+                count("refund_over_cell")
+                n = p
+            if p - n > limit:
+                count("cell_over_rule")
+                p = n + limit
+            entries.append((w, p, n))
+        if not entries:
             return
         st = self._keys.get(delta.key)
         if st is None:
-            newest = max(e.epoch for e in delta.entries)
-            if newest < self._window(now) - 1:
+            newest = max(w for w, _, _ in entries)
+            if newest < w_now - 1:
                 return  # only windows that can no longer matter
             if len(self._keys) >= self.max_keys:
                 self._evict_one()
             st = self._new_state(delta.key, newest)
-        for entry in delta.entries:
-            st.merge(delta.replica, entry.epoch, entry.p, entry.n)
+        for w, p, n in entries:
+            st.merge(delta.replica, w, p, n)
 
     def view(self, key: str, now: float) -> KeyView:
         """Merged state of `key`: tokens is the room left in the window."""

@@ -84,6 +84,12 @@ class Node:
         self.metrics.watch(
             "ratelimiter_store_events_total", self._store_events, "Key store events by kind"
         )
+        self.metrics.watch(
+            "ratelimiter_entries_bounded_total",
+            self._entry_problems,
+            "Peer entries out of bounds for now and the rule: epoch_ahead (skipped), "
+            "floor_ahead, cell_over_rule, refund_over_cell (clamped)",
+        )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -340,6 +346,13 @@ class Node:
 
     def _tracked(self) -> dict[tuple[str, ...], float]:
         return {(name,): float(len(lim)) for name, lim in self.engine.limiters.items()}
+
+    def _entry_problems(self) -> dict[tuple[str, ...], float]:
+        totals: dict[tuple[str, ...], float] = {}
+        for lim in self.engine.limiters.values():
+            for kind, count in lim.stats.entry_problems.items():
+                totals[(kind,)] = totals.get((kind,), 0.0) + count
+        return totals
 
     def _store_events(self) -> dict[tuple[str, ...], float]:
         totals = {

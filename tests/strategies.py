@@ -288,8 +288,8 @@ class Cluster:
                 if payload.cost > 0:
                     result = store.acquire(payload.key, payload.cost, now)
                 else:
-                    store.refund(payload.key, -payload.cost, now)
-                    result = 0.0
+                    # A refund's result is what was given back (at most the own cell).
+                    result = float(store.refund(payload.key, -payload.cost, now))
                 self.decisions.append(Decision(payload, result))
             elif kind == _DELIVER:
                 assert isinstance(payload, Delta)

@@ -117,12 +117,21 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     async def refund(
         body: RefundRequest, authorization: Annotated[str | None, Header()] = None
     ) -> Response:
-        """Admin: give `cost` back to `key` (a PN-counter decrement replicated to peers)."""
+        """Admin: give up to `cost` back to `key` (a PN-counter decrement replicated to
+        peers): at most what this node admitted for the key in the current epoch, so a
+        refund never frees more than was consumed. `refunded` says how much was."""
         require_admin(settings, authorization)
         rule = node.rules.get(body.limit) if body.limit else node.rules.default
-        node.engine.limiter(rule).refund(body.key, body.cost, node.clock())
+        refunded = node.engine.limiter(rule).refund(body.key, body.cost, node.clock())
         view = node.engine.view(body.key, rule)
-        return _json({"key": body.key, "rule": rule.name, "tokens": round(view.tokens, 6)})
+        return _json(
+            {
+                "key": body.key,
+                "rule": rule.name,
+                "refunded": refunded,
+                "tokens": round(view.tokens, 6),
+            }
+        )
 
     @app.get("/v1/keys/{key}")
     async def key_state(

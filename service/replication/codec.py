@@ -41,11 +41,13 @@ MAX_ENTRIES = 64
 
 
 class Decoded(NamedTuple):
-    """A record's deltas with the writer's timing."""
+    """A record's deltas with the writer's timing, and the kinds of the batch items that
+    were skipped because they could not be read (the rest of the batch still applies)."""
 
     items: list[tuple[str, Delta]]
     since_ms: int
     ts_ms: int
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 def murmur2(data: bytes) -> int:
@@ -138,12 +140,17 @@ def decode(value: bytes | None) -> Decoded:
         if not isinstance(raw, list):
             raise PoisonRecord("bad_shape", "batch items must be a list")
         items = []
+        skipped: list[tuple[str, str]] = []
         for item in raw:
-            if not isinstance(item, list) or len(item) != 3:
-                raise PoisonRecord("bad_shape", "batch item must be [rule, user, entries]")
-            rule = _text(item[0], "rule", RULE_NAME_MAX)
-            items.append((rule, Delta(_user(item[1]), replica, _parse_entries(item[2]))))
-        return Decoded(items, since, ts)
+            # One bad item skips itself: every other user on the partition keeps this flush.
+            try:
+                if not isinstance(item, list) or len(item) != 3:
+                    raise PoisonRecord("bad_shape", "batch item must be [rule, user, entries]")
+                rule = _text(item[0], "rule", RULE_NAME_MAX)
+                items.append((rule, Delta(_user(item[1]), replica, _parse_entries(item[2]))))
+            except PoisonRecord as exc:
+                skipped.append((exc.kind, str(exc)))
+        return Decoded(items, since, ts, tuple(skipped))
     raise PoisonRecord("bad_shape", f"unknown record kind {kind!r}")
 
 

@@ -347,6 +347,8 @@ class Replicator:
                 continue  # our own record, read back: skipped before paying for decoding
             try:
                 decoded = codec.decode(record.value)
+                for kind, message in decoded.skipped:
+                    metrics.poison_record(kind, f"a batch item skipped: {message}")
                 if not decoded.items:
                     continue
                 replica = decoded.items[0][1].replica

@@ -49,7 +49,8 @@ def test_single_node_equals_exact_token_bucket(
         op = decision.op
         bucket = exact[op.key]
         if op.cost < 0:
-            bucket.refund(-op.cost)
+            assert decision.result <= -op.cost
+            bucket.refund(int(decision.result))
             continue
         expected = bucket.acquire(op.cost, exact_seconds(op.t_ms))
         admitted = expected >= 0 and op.cost <= limit.capacity
@@ -134,17 +135,17 @@ def test_returned_value_is_tokens_left_or_minus_shortfall() -> None:
     assert view.contributions == {"r0": 11}
 
 
-def test_refund_gives_tokens_back_but_never_beyond_capacity() -> None:
+def test_refund_gives_back_at_most_what_was_admitted() -> None:
     store = BucketStore(BucketPolicy(1.0, 5), "r0")
     assert store.acquire("k", 5, 10.0) == pytest.approx(0.0)
-    store.refund("k", 2, 10.0)
+    assert store.refund("k", 2, 10.0) == 2
     assert store.view("k", 10.0).tokens == pytest.approx(2.0)
-    store.refund("k", 10, 10.0)
+    assert store.refund("k", 10, 10.0) == 3  # only the 3 still admitted
     assert store.view("k", 10.0).tokens == pytest.approx(5.0)
     assert store.acquire("k", 6, 10.0) < 0
     assert store.acquire("k", 5, 10.0) == pytest.approx(0.0)
-    assert store.view("k", 10.0).contributions == {"r0": -2}
-    store.refund("untracked", 3, 10.0)  # a full bucket stays full
+    assert store.view("k", 10.0).contributions == {"r0": 5}
+    assert store.refund("untracked", 3, 10.0) == 0  # a full bucket stays full
     assert "untracked" not in store
 
 
@@ -164,7 +165,7 @@ def test_view_consumed_is_admitted_minus_refunded(
         if d.op.cost > 0 and d.result >= 0:
             consumed[d.op.key] = consumed.get(d.op.key, 0) + d.op.cost
         elif d.op.cost < 0 and d.op.key in consumed:
-            consumed[d.op.key] += d.op.cost
+            consumed[d.op.key] -= int(d.result)  # what the refund gave back
     assert sorted(store.keys()) == sorted(consumed)
     for key, total in consumed.items():
         view = store.view(key, cluster.final_seconds())

@@ -131,3 +131,18 @@ def test_beyond_a_thousand_rules_a_change_is_refused_with_the_reason() -> None:
     many.popitem()
     node.set_topic_rules(many)
     assert len(node.rules.rules) == MAX_RULES
+
+
+async def test_a_refund_gives_back_at_most_what_was_admitted(client: httpx.AsyncClient) -> None:
+    for _ in range(3):
+        assert (await client.post("/protected", headers={"X-User-ID": "alice"})).status_code == 200
+    huge = {"key": "alice", "cost": 10**12}
+    refund = await client.post("/v1/refund", json=huge, headers=ADMIN)
+
+    assert refund.status_code == 200
+    body = refund.json()
+    assert body["refunded"] == 3
+    state = (await client.get("/v1/keys/alice")).json()
+    assert state["consumed"] == 0  # never below zero: no credit beyond a full bucket
+    nobody = await client.post("/v1/refund", json={"key": "bob", "cost": 5}, headers=ADMIN)
+    assert nobody.json()["refunded"] == 0
