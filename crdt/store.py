@@ -37,8 +37,8 @@ class StoreStats:
     entry_problems: dict[str, int] = field(default_factory=dict)
 
     def count_problem(self, kind: str) -> None:
-        """Count one entry out of bounds: `epoch_ahead` (skipped), `floor_ahead`,
-        `cell_over_rule` and `refund_over_cell` (clamped)."""
+        """Count one entry out of bounds and clamped: `epoch_ahead`, `floor_ahead`,
+        `cell_over_rule` or `refund_over_cell`."""
         self.entry_problems[kind] = self.entry_problems.get(kind, 0) + 1
 
 
@@ -222,9 +222,10 @@ class BucketStore:
 
         Each entry is checked against `now` and the policy first, so a hostile entry or a
         writer's clock far ahead can neither lock a user out nor hold a key: an epoch
-        more than the seal horizon ahead is skipped; a floor beyond now + C/r + the seal
-        horizon, a net cell beyond what the rule admits in an epoch (C + r * (epoch +
-        seal_after)) and a refund beyond its cell are clamped. Each is counted by kind.
+        more than the seal horizon ahead, a floor that with the writer's own cell puts the
+        bucket's TAT beyond now + C/r + the seal horizon, a net cell beyond what the rule
+        admits in an epoch (C + r * (epoch + seal_after)) and a refund beyond its cell are
+        clamped to those bounds, counted by kind.
         """
         if delta.replica == self.replica:
             return
@@ -251,14 +252,17 @@ class BucketStore:
 
     def _bounded(self, entries: tuple[Entry, ...], now: float) -> tuple[Entry, ...]:
         e_max = self._e_now + self._epochs_ahead
-        floor_max = now + self._cap_time + self._seal_after + self._epoch_width
+        # The furthest a writer's own entry can put the bucket's TAT: a full bucket's worth
+        # ahead of now, plus the seal horizon for its clock and delivery.
+        tat_max = now + self._cap_time + self._seal_after + self._epoch_width
+        interval = self._interval
         net_max = self._net_max
         for entry in entries:
             if (
                 entry.epoch > e_max
-                or entry.floor > floor_max
                 or entry.n > entry.p
-                or (entry.p - entry.n > net_max)
+                or entry.p - entry.n > net_max
+                or entry.floor + (entry.p - entry.n) * interval > tat_max
             ):
                 break
         else:
@@ -267,17 +271,19 @@ class BucketStore:
         count = self.stats.count_problem
         for epoch, floor, p, n in entries:
             if epoch > e_max:
+                # A writer's clock ahead (or a hostile entry): its consumption counts, in
+                # the furthest epoch a timely writer could have reached.
                 count("epoch_ahead")
-                continue
+                epoch = e_max
             if n > p:
                 count("refund_over_cell")
                 n = p
             if p - n > net_max:
                 count("cell_over_rule")
                 p = n + net_max
-            if floor > floor_max:
+            if floor + (p - n) * interval > tat_max:
                 count("floor_ahead")
-                floor = floor_max
+                floor = tat_max - (p - n) * interval
             out.append(Entry(epoch, floor, p, n))
         return tuple(out)
 

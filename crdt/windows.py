@@ -190,8 +190,8 @@ class WindowStore:
 
     def apply(self, delta: Delta, now: float) -> None:
         """Merge a peer's Delta, each entry bounded by `now` and the limit first: a window
-        more than one ahead of ours is skipped, a refund beyond its cell and a net cell
-        beyond the limit are clamped (counted by kind in `stats.entry_problems`)."""
+        more than one ahead of ours, a refund beyond its cell and a net cell beyond the
+        limit are clamped to those bounds (counted by kind in `stats.entry_problems`)."""
         if delta.replica == self.replica or not delta.entries:
             return
         w_now = self._window(now)
@@ -201,8 +201,8 @@ class WindowStore:
         for entry in delta.entries:
             w, _, p, n = entry
             if w > w_now + 1:
-                count("epoch_ahead")
-                continue
+                count("epoch_ahead")  # counted in the furthest window a timely writer reaches
+                w = w_now + 1
             if n > p:
                 count("refund_over_cell")
                 n = p

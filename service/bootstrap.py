@@ -8,7 +8,7 @@ import secrets
 import time
 
 from crdt.policy import SyncTiming
-from service.clock import Clock, system_clock
+from service.clock import AnchoredClock, Clock, DisciplinedClock
 from service.engine import Engine
 from service.errors import ConfigError
 from service.metrics import Metrics
@@ -54,17 +54,28 @@ def kafka_rules_log(settings: Settings) -> KafkaRulesLog:
 def build_node(
     settings: Settings,
     *,
-    clock: Clock = system_clock,
+    clock: Clock | None = None,
     rules: RuleSet | None = None,
     state_log: StateLog | None = None,
     rules_log: RulesLog | None = None,
 ) -> Node:
     """A node for `settings`: standalone when `kafka` is `none`, else replicating through
     `state_log` (the state topic on Kafka by default) and following `rules_log` (the rules
-    topic, unless `rules_topic` is `none`). `rules` replaces the --rules file."""
+    topic, unless `rules_topic` is `none`). `rules` replaces the --rules file.
+
+    `clock` is the node's own cluster clock (default: the wall clock anchored to the
+    monotonic one); a replicating node keeps it on the broker's time (--clock-mode)."""
     if settings.standalone and (state_log is not None or rules_log is not None):
         raise ConfigError("a standalone node (kafka: none) has no state or rules log")
     replica = f"{settings.node_id}/{new_incarnation()}"
+    source = clock if clock is not None else AnchoredClock()
+    discipline: DisciplinedClock | None = None
+    if not settings.standalone:
+        clock = discipline = DisciplinedClock(
+            source, settings.clock_mode, settings.max_clock_skew_s
+        )
+    else:
+        clock = source
     if rules is None:
         fallback = default_rule(
             settings.algorithm, settings.rate, settings.burst, settings.window_s
@@ -87,6 +98,7 @@ def build_node(
             flush_s=settings.flush_ms / 1000,
             snapshot_s=settings.snapshot_ms / 1000,
             max_buffered=settings.max_buffered_keys,
+            discipline=discipline,
         )
         if settings.rules_topic != "none":
             feed_log = rules_log if rules_log is not None else kafka_rules_log(settings)

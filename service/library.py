@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from service.bootstrap import build_node
-from service.clock import Clock, system_clock
+from service.clock import Clock
 from service.engine import validate_key
 from service.errors import Unavailable
 from service.http.contract import CheckResult
@@ -45,7 +45,7 @@ class RateLimiter:
         kafka: str | None = None,
         rules: RulesSpec = None,
         node_id: str = "app",
-        clock: Clock = system_clock,
+        clock: Clock | None = None,
         **settings: Any,
     ) -> None:
         values: dict[str, Any] = {

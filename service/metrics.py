@@ -113,7 +113,22 @@ class Metrics:
         self.bootstrap_records = Gauge(
             "ratelimiter_bootstrap_records", "Records read during bootstrap", registry=r
         )
-        self.ready = Gauge("ratelimiter_ready", "1 once bootstrapped", registry=r)
+        self.ready = Gauge("ratelimiter_ready", "1 while /readyz answers 200", registry=r)
+        self.clock_offset = Gauge(
+            "ratelimiter_clock_offset_seconds",
+            "Broker time minus this node's own clock, from publish round trips (NaN before one)",
+            registry=r,
+        )
+        self.clock_correction = Gauge(
+            "ratelimiter_clock_correction_seconds",
+            "Added to this node's own clock to keep it on the broker's (--clock-mode correct)",
+            registry=r,
+        )
+        self.clock_uncertainty = Gauge(
+            "ratelimiter_clock_uncertainty_seconds",
+            "How far the offset measured can be off (half the tightest recent round trip)",
+            registry=r,
+        )
         self.broker_up = Gauge(
             "ratelimiter_broker_up", "1 while the last publish or fetch succeeded", registry=r
         )

@@ -84,11 +84,19 @@ class Node:
         self.metrics.watch(
             "ratelimiter_store_events_total", self._store_events, "Key store events by kind"
         )
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready and self.failing is None else 0.0)
+        discipline = replicator.discipline if replicator is not None else None
+        if discipline is not None:
+            self.metrics.clock_offset.set_function(lambda: discipline.raw_offset)
+            self.metrics.clock_correction.set_function(lambda: discipline.correction)
+            self.metrics.clock_uncertainty.set_function(
+                lambda: best.uncertainty if (best := discipline.measured) else math.nan
+            )
         self.metrics.watch(
             "ratelimiter_entries_bounded_total",
             self._entry_problems,
-            "Peer entries out of bounds for now and the rule: epoch_ahead (skipped), "
-            "floor_ahead, cell_over_rule, refund_over_cell (clamped)",
+            "Peer entries clamped to the bounds of now and the rule, by kind: epoch_ahead, "
+            "floor_ahead, cell_over_rule, refund_over_cell",
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -149,11 +157,17 @@ class Node:
 
     @property
     def failing(self) -> str | None:
-        """Why background work keeps failing (the node is then not ready), else None."""
-        return self.supervisor.failing
+        """Why the node must not decide though started: background work keeps failing,
+        or its clock is off the broker's beyond the bound (--clock-mode refuse); else None."""
+        failing = self.supervisor.failing
+        if failing is None and self.replicator is not None:
+            discipline = self.replicator.discipline
+            if discipline is not None:
+                failing = discipline.problem()
+        return failing
 
     def _readiness_changed(self) -> None:
-        self.metrics.ready.set(1 if self.ready and self.failing is None else 0)
+        pass  # ratelimiter_ready is computed at scrape time (see __init__)
 
     async def _connect(self, replicator: Replicator) -> None:
         s = self.settings
@@ -276,6 +290,10 @@ class Node:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
+            if not self.ready:
+                # Sealing follows the clock and never moves back: wait until bootstrap has
+                # measured the clock against the broker (and corrected it).
+                continue
             for _ in range(SWEEP_BUDGET // SWEEP_SLICE):
                 self.maintain(SWEEP_SLICE)
                 await asyncio.sleep(0)

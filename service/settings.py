@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crdt.limiter import Algorithm
 from crdt.policy import bucket_problem, window_problem
+from service.clock import ClockMode
 from service.errors import ConfigError
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -46,6 +47,11 @@ class Settings(BaseSettings):
     epoch_ms: float = Field(1000.0, gt=0, allow_inf_nan=False)
     seal_ms: float = Field(3000.0, gt=0, allow_inf_nan=False)
     fail_mode: FailMode = "local"
+    # The broker stamps state records (LogAppendTime); each publish measures this node's
+    # offset from it. correct: step the cluster clock to the broker's; refuse: keep it and
+    # report not ready beyond max_clock_skew_s; off: measure only.
+    clock_mode: ClockMode = "correct"
+    max_clock_skew_s: float = Field(1.0, gt=0, le=3600, allow_inf_nan=False)
     bootstrap_timeout_s: float = Field(120.0, gt=0, allow_inf_nan=False)
     # Unset: admin endpoints are off. Set: at least MIN_ADMIN_TOKEN characters.
     admin_token: SecretStr | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from service.clock import Clock, to_unix_ms
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed
 from service.rules.codec import RuleRecord
 
@@ -36,16 +37,22 @@ class ManualClock:
 class MemoryLog:
     """An in-process log shared by MemoryStateLog clients: the fake for unit tests."""
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, broker_clock: Clock | None = None) -> None:
         self.partitions: list[list[LogRecord]] = [[] for _ in range(partitions)]
         self.available = True
         self.clock_ms = 0
+        # Set: records are stamped with this clock (as a topic with LogAppendTime).
+        self.broker_clock = broker_clock
 
-    def append(self, record: OutRecord) -> None:
-        """Append one record to its partition."""
+    def append(self, record: OutRecord) -> int:
+        """Append one record to its partition; returns its timestamp (Unix ms)."""
         log = self.partitions[record.partition]
-        self.clock_ms += 1
+        if self.broker_clock is not None:
+            self.clock_ms = to_unix_ms(self.broker_clock())
+        else:
+            self.clock_ms += 1
         log.append(LogRecord(record.key, record.value, record.partition, len(log), self.clock_ms))
+        return self.clock_ms
 
 
 class MemoryStateLog:
@@ -54,6 +61,7 @@ class MemoryStateLog:
     def __init__(self, log: MemoryLog) -> None:
         self.log = log
         self.partitions = len(log.partitions)
+        self.stamps = log.broker_clock is not None
         self._positions = dict.fromkeys(range(self.partitions), 0)
         self.started = False
 
@@ -63,13 +71,15 @@ class MemoryStateLog:
     async def stop(self) -> None:
         self.started = False
 
-    async def publish(self, records: Sequence[OutRecord]) -> None:
+    async def publish(self, records: Sequence[OutRecord]) -> int | None:
         if not self.log.available:
             raise PublishFailed("memory log unavailable")
+        stamps = []
         for record in records:
             if not 0 <= record.partition < self.partitions:
                 raise PublishFailed(f"no partition {record.partition}")
-            self.log.append(record)
+            stamps.append(self.log.append(record))
+        return stamps[0] if stamps and self.log.broker_clock is not None else None
 
     async def end_offsets(self) -> dict[int, int]:
         return {p: len(records) for p, records in enumerate(self.log.partitions)}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from crdt.delta import Delta, Entry
-from service.clock import Clock, from_unix_ms, to_unix_ms
+from service.clock import Clock, DisciplinedClock, Stamp, from_unix_ms, to_unix_ms
 from service.engine import Engine
 from service.errors import PoisonRecord, RateLimiterError
 from service.metrics import Metrics
@@ -28,6 +28,7 @@ PEER_FORGET_S = 600.0  # a peer silent this long is forgotten (share mode, dashb
 APPLY_CHUNK = 200  # deltas of one record merged between two yields
 MIN_SNAPSHOT_SLICE = 256  # key records per flush at least, while a round is being written
 MAX_BACKOFF_S = 2.0  # between publish attempts while the broker does not acknowledge
+PROBE_ATTEMPTS = 3  # clock probes at start before bootstrapping on the uncorrected clock
 COMPACT_SLACK = 10_000  # outbox items beyond twice the pending keys before re-encoding
 
 
@@ -59,8 +60,11 @@ class Replicator:
         flush_s: float,
         snapshot_s: float,
         max_buffered: int,
+        discipline: DisciplinedClock | None = None,
     ) -> None:
         self.engine = engine
+        # Told of every publish's round trip when the log stamps records (its clock).
+        self.discipline = discipline
         self.log = statelog
         self.metrics = metrics
         self.clock = clock
@@ -96,6 +100,8 @@ class Replicator:
     async def bootstrap(self, timeout_s: float) -> int:
         """Read every partition to the end offsets taken now; returns records read."""
         started = time.monotonic()
+        # First the clock: every state below (epochs, seal points) follows it.
+        await self._probe_clock()
         self.engine.set_bootstrapping(True, self.clock())
         ends = await self.log.end_offsets()
         count = 0
@@ -115,6 +121,29 @@ class Replicator:
         self.metrics.bootstrap_records.set(count)
         log.info("bootstrapped from %d records in %.2fs", count, time.monotonic() - started)
         return count
+
+    async def _probe_clock(self) -> None:
+        """Measure the clock against the broker before deciding: publish an empty batch
+        record (peers read it as nothing) and take its round trip."""
+        if self.discipline is None or not self.log.stamps:
+            return
+        for attempt in range(PROBE_ATTEMPTS):
+            now_ms = to_unix_ms(self.clock())
+            value = codec.encode_batch(self.engine.replica, [], now_ms, now_ms)
+            record = OutRecord(codec.batch_record_key(self.engine.replica, 0), value, 0)
+            try:
+                await self._publish([record])
+                return
+            except PublishFailed as exc:
+                log.warning("could not measure the clock against the broker yet: %s", exc)
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def _publish(self, records: list[OutRecord]) -> None:
+        """Publish, and tell the clock discipline the round trip when the broker stamped it."""
+        sent = self.clock()
+        stamped = await self.log.publish(records)
+        if stamped is not None and self.discipline is not None:
+            self.discipline.observe(Stamp(sent, from_unix_ms(stamped), self.clock()))
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Publish everything admitted so far (best effort, bounded); the loops were
@@ -258,7 +287,7 @@ class Replicator:
             return
         sent = dict(self._pending)
         try:
-            await self.log.publish(batches + key_records)
+            await self._publish(batches + key_records)
         except PublishFailed as exc:
             if self.broker_ok:
                 log.warning("publish failed, buffering %d keys: %s", len(self._pending), exc)

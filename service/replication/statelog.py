@@ -17,6 +17,7 @@ from service.replication.topic import ensure_state_topic
 log = logging.getLogger("ratelimiter.statelog")
 
 RECONNECT_BACKOFF_S = 0.5
+LOG_APPEND_TIME = 1  # a record's timestamp type when the broker stamped it
 
 
 async def _quietly_stop(producer: AIOKafkaProducer) -> None:
@@ -53,6 +54,8 @@ class StateLog(Protocol):
     """A partitioned, ordered-per-partition log with every partition read by every node."""
 
     partitions: int
+    # True when the log stamps records with its own time (the clock's reference).
+    stamps: bool
 
     async def start(self) -> None:
         """Connect; reading starts at the beginning of every partition."""
@@ -62,8 +65,12 @@ class StateLog(Protocol):
         """Disconnect (after publishing what was handed to `publish`)."""
         ...
 
-    async def publish(self, records: Sequence[OutRecord]) -> None:
-        """Return once every record is acknowledged, else raise PublishFailed."""
+    async def publish(self, records: Sequence[OutRecord]) -> int | None:
+        """Return once every record is acknowledged, else raise PublishFailed.
+
+        Returns the broker's append time (Unix ms) of the first record when the log stamps
+        records itself (LogAppendTime), else None: the clock's reference.
+        """
         ...
 
     async def end_offsets(self) -> dict[int, int]:
@@ -103,6 +110,7 @@ class KafkaStateLog:
         self.topic = topic
         self.partitions = partitions
         self._tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self.stamps = True  # start() verifies message.timestamp.type=LogAppendTime
         self._security = security or {}
         self._producer_options: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
@@ -185,7 +193,7 @@ class KafkaStateLog:
         self._producer_broken = False
         log.info("reconnected the Kafka producer")
 
-    async def publish(self, records: Sequence[OutRecord]) -> None:
+    async def publish(self, records: Sequence[OutRecord]) -> int | None:
         if self._producer is None:
             raise PublishFailed("the state topic writer is not started")
         if self._producer_broken:
@@ -209,6 +217,10 @@ class KafkaStateLog:
         if failed:
             self._producer_broken = True
             raise PublishFailed(f"{len(failed)} of {len(records)} records failed: {failed[0]!r}")
+        first: Any = results[0] if results else None
+        if first is not None and first.timestamp_type == LOG_APPEND_TIME:
+            return int(first.timestamp)
+        return None
 
     async def end_offsets(self) -> dict[int, int]:
         offsets = await self._reader().end_offsets(self._tps)

@@ -15,6 +15,10 @@ STATE_TOPIC_CONFIG: Mapping[str, str] = {
     # records (writer, partition): each key has one writer and carries absolute cell
     # values, so its last record is that writer's whole state (codec.py).
     "cleanup.policy": "compact",
+    # The broker stamps every record with its own time: each node measures its clock's
+    # offset from it on every publish (service/clock.py), and peers' liveness is judged
+    # on one clock.
+    "message.timestamp.type": "LogAppendTime",
     # Every flush rewrites each dirty key, so most of the log is superseded quickly;
     # cleaning at 10% dirty (default 50%) keeps what a new node must read at bootstrap small.
     "min.cleanable.dirty.ratio": "0.1",

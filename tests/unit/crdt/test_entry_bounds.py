@@ -1,6 +1,6 @@
 """Entries are checked against the receiver's time and the rule, one by one: a hostile but
 well-formed entry (or an honest node's clock far ahead) cannot freeze or free a user, and
-a bad entry skips or clamps itself only. Refunds give back at most what was admitted."""
+a bad entry is clamped on its own. Refunds give back at most what was admitted."""
 
 from __future__ import annotations
 
@@ -43,19 +43,26 @@ def test_a_huge_cell_is_cut_to_what_the_rule_could_admit_in_an_epoch() -> None:
     assert store.stats.entry_problems == {"cell_over_rule": 1}
 
 
-def test_an_epoch_far_ahead_is_skipped_and_holds_no_key() -> None:
+def test_an_epoch_far_ahead_counts_within_the_horizon_and_the_key_goes_idle() -> None:
     store = _bucket()
     store.apply(Delta("alice", "peer", (Entry(E_NOW + 2**40, NOW, 1, 0),)), NOW)
-    assert "alice" not in store
-    assert store.acquire("alice", 20, NOW) >= 0
+    assert store.view("alice", NOW).contributions == {"peer": 1}
+    assert store.acquire("alice", 19, NOW) >= 0
+    assert store.acquire("alice", 1, NOW) < 0
     assert store.stats.entry_problems == {"epoch_ahead": 1}
+    # It does not hold a key slot for years: idle once the horizon and the refill pass.
+    later = NOW + 2 * HORIZON_S + TIMING.seal_after
+    store.flush(later)
+    store.sweep(later)
+    assert "alice" not in store
 
 
-def test_one_bad_entry_skips_itself_only() -> None:
+def test_one_bad_entry_is_clamped_alone() -> None:
     store = _bucket()
     good = Entry(E_NOW, NOW - 0.5, 5, 0)
     store.apply(Delta("alice", "peer", (good, Entry(E_NOW + 10**6, NOW, 1, 0))), NOW)
-    assert store.view("alice", NOW).contributions == {"peer": 5}
+    assert store.view("alice", NOW).contributions == {"peer": 6}
+    assert store.stats.entry_problems == {"epoch_ahead": 1}
 
 
 def test_an_epoch_within_the_seal_horizon_is_kept() -> None:
@@ -109,6 +116,8 @@ def test_window_cells_beyond_the_limit_and_windows_ahead_are_bounded() -> None:
     store.apply(Delta("alice", "peer", (Entry(w, 0.0, 10**15, 0),)), NOW)
     assert store.view("alice", NOW).contributions == {"peer": 10}
     store.apply(Delta("bob", "peer", (Entry(w + 2**30, 0.0, 1, 0),)), NOW)
+    assert store.view("bob", NOW + 1.0).contributions == {"peer": 1}
+    store.sweep(NOW + 3.0)
     assert "bob" not in store
     assert store.stats.entry_problems == {"cell_over_rule": 1, "epoch_ahead": 1}
     store.acquire("alice", 1, NOW + 1.0)  # the next window: alice is free again
