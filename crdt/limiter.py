@@ -21,6 +21,7 @@ class Limiter(Protocol):
     replica: str
     stats: StoreStats
     bootstrapping: bool
+    deleted: list[str] | None  # keys deleted as idle, when asked for (a list)
 
     def acquire(self, key: str, cost: int, now: float) -> float:
         """Remaining allowance if admitted (>= 0), else minus the shortfall (< 0)."""

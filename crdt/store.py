@@ -92,6 +92,9 @@ class BucketStore:
         self._sweep_keys: list[str] = []
         self._sweep_pos = 0
         self._flushed_epoch = -(2**62)
+        # Set to a list to be told which keys were deleted as idle (the replicator
+        # tombstones their snapshot records); None keeps nothing.
+        self.deleted: list[str] | None = None
 
     # -- clock ---------------------------------------------------------------
 
@@ -385,6 +388,8 @@ class BucketStore:
             if self._idle(key, st, now):
                 del keys[key]
                 deleted += 1
+                if self.deleted is not None:
+                    self.deleted.append(key)
         self.stats.deleted_idle += deleted
         return deleted
 
@@ -403,6 +408,8 @@ class BucketStore:
                 if self._idle(key, st, now):
                     del keys[key]
                     self.stats.deleted_idle += 1
+                    if self.deleted is not None:
+                        self.deleted.append(key)
                     return
         while len(keys) >= self.max_keys:
             key = self._next_sweep_key()

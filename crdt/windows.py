@@ -84,6 +84,7 @@ class WindowStore:
         self._evicted_own: dict[str, tuple[int, int, int]] = {}
         self._sweep_keys: list[str] = []
         self._sweep_pos = 0
+        self.deleted: list[str] | None = None  # as BucketStore.deleted
 
     def _window(self, now: float) -> int:
         return int(finite_time("now", now) // self.policy.window)
@@ -261,6 +262,8 @@ class WindowStore:
             if st is not None and st.cur < w - 1 and key not in self._dirty:
                 del keys[key]
                 deleted += 1
+                if self.deleted is not None:
+                    self.deleted.append(key)
         self.stats.deleted_idle += deleted
         return deleted
 

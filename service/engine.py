@@ -95,6 +95,7 @@ class Engine:
         self.limiters: dict[str, Limiter] = {}
         self.wire: dict[str, str] = {}  # rule name -> wire name
         self._active: dict[str, Limiter] = {}  # rule name -> limiter
+        self._track_deletions = False
         self.replace_rules(rules)
 
     def replace_rules(self, rules: RuleSet) -> list[str]:
@@ -122,12 +123,28 @@ class Engine:
         self.rules, self._active, self.wire = rules, active, wire
         return fresh
 
+    def track_deletions(self) -> None:
+        """From now on every limiter lists the keys it deletes as idle (`deleted_keys`)."""
+        self._track_deletions = True
+        for limiter in self.limiters.values():
+            if limiter.deleted is None:
+                limiter.deleted = []
+
+    def deleted_keys(self) -> list[tuple[str, str]]:
+        """(wire name, key) of keys deleted as idle since the last call."""
+        out: list[tuple[str, str]] = []
+        for name, limiter in self.limiters.items():
+            if limiter.deleted:
+                out.extend((name, key) for key in limiter.deleted)
+                limiter.deleted.clear()
+        return out
+
     def limiter(self, rule: Rule) -> Limiter:
         """The limiter in force for `rule`."""
         return self._active[rule.name]
 
     def _limiter_for(self, rule: Rule) -> Limiter:
-        return make_limiter(
+        limiter = make_limiter(
             rule.algorithm,
             self.replica,
             rate=rule.rate if rule.rate is not None else 1.0,
@@ -136,6 +153,9 @@ class Engine:
             timing_=self.sync_timing,
             max_keys=self.max_keys,
         )
+        if self._track_deletions:
+            limiter.deleted = []
+        return limiter
 
     def decide(self, key: str, cost: int, rule: Rule, now: float | None = None) -> Decision:
         """Admit or deny `cost` for `key` under `rule` (shadow rules never deny)."""

@@ -108,6 +108,8 @@ async def test_records_on_the_topic_decode_and_are_partitioned_by_user(
     batch_users: set[str] = set()
     for record in records:
         decoded = codec.decode(record.value)
+        if record.offset == 0 and record.partition == 0 and not decoded.items:
+            continue  # the clock probe: an empty batch record written before bootstrap
         assert decoded.items, record
         if record.key.startswith(codec.SEP.encode()):
             assert record.key == codec.batch_record_key(a.replica, record.partition)

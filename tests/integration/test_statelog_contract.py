@@ -16,6 +16,7 @@ from service.replication.statelog import (
     PublishFailed,
     StateLog,
 )
+from service.clock import ORIGIN
 from service.replication.topic import ensure_state_topic
 from service.testing import MemoryLog, MemoryStateLog
 from tests.service_helpers import unique_topic
@@ -31,7 +32,8 @@ class Backend(Protocol):
 
 class MemoryBackend:
     def __init__(self, stack: AsyncExitStack) -> None:
-        self.log = MemoryLog(PARTITIONS)
+        # Stamped like a topic with LogAppendTime, on this machine's wall clock.
+        self.log = MemoryLog(PARTITIONS, broker_clock=lambda: time.time() - ORIGIN)
         self.stack = stack
 
     async def client(self) -> StateLog:
@@ -101,6 +103,18 @@ def sample_records(tag: str, per_partition: int = 4) -> list[OutRecord]:
 
 
 class TestStateLogContract:
+    async def test_publish_returns_the_log_stamp_of_its_records(self, backend: Backend) -> None:
+        log = await backend.client()
+        assert log.stamps
+        before = int(time.time() * 1000)
+        stamped = await log.publish([OutRecord(b"k", b"v", 1)])
+        after = int(time.time() * 1000)
+
+        assert stamped is not None
+        assert before - 1 <= stamped <= after + 1
+        [record] = await read_to_end(log)
+        assert record.timestamp_ms == stamped
+
     async def test_a_new_log_is_empty(self, backend: Backend) -> None:
         log = await backend.client()
 
