@@ -49,7 +49,9 @@ async def start(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> AsyncI
             app = create_app(settings, node)
             await stack.enter_async_context(app.router.lifespan_context(app))
             client = await stack.enter_async_context(
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=served(app)), base_url="http://n")
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=served(app)), base_url="http://n"
+                )
             )
             return node, client
 
@@ -93,13 +95,11 @@ async def test_a_node_an_hour_ahead_corrects_itself_before_deciding(start: Start
 
 
 async def test_refuse_mode_is_not_ready_and_says_why(start: Start) -> None:
-    node, client = await start("ahead", clock=ahead_clock, clock_mode="refuse")
+    _, client = await start("ahead", clock=ahead_clock, clock_mode="refuse")
 
     async def refused() -> bool:
         response = await client.get("/readyz")
-        return response.status_code == 503 and "from the broker" in response.json().get(
-            "error", ""
-        )
+        return response.status_code == 503 and "from the broker" in response.json().get("error", "")
 
     await wait_for(refused, within=30, what="readiness refused for the clock")
     error = (await client.get("/readyz")).json()["error"]

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import pytest
 
+from service.clock import ORIGIN
 from service.replication.statelog import (
     KafkaStateLog,
     LogRecord,
@@ -16,7 +17,6 @@ from service.replication.statelog import (
     PublishFailed,
     StateLog,
 )
-from service.clock import ORIGIN
 from service.replication.topic import ensure_state_topic
 from service.testing import MemoryLog, MemoryStateLog
 from tests.service_helpers import unique_topic
