@@ -70,6 +70,12 @@ class Limiter(Protocol):
 
     def __len__(self) -> int: ...
 
+    def __contains__(self, key: object) -> bool: ...
+
+    def settled(self, key: str, before: float, now: float) -> bool:
+        """True when records of `key` written before `before` can be forgotten."""
+        ...
+
 
 def timing(limiter: Limiter, key: str, result: float, cost: int, now: float) -> tuple[float, float]:
     """(retry_after, reset_after) in seconds for a decision `result` of `acquire`.

@@ -356,6 +356,17 @@ class BucketStore:
             and key not in self._dirty
         )
 
+    def settled(self, key: str, before: float, now: float) -> bool:
+        """True when every record of `key` written before `before` can be forgotten
+        without changing a decision: their epochs are sealed, and the merged bucket is full
+        now. A full bucket forgets: the next admission sets the floor from `now` and the
+        epoch's own consumption, whatever the sealed history held."""
+        st = self._keys.get(key)
+        if st is None:
+            return True
+        self._advance(now)
+        return int(before // self._epoch_width) <= self._seal and st.tat(self._interval) <= now
+
     def _next_sweep_key(self) -> str | None:
         if self._sweep_pos >= len(self._sweep_keys):
             self._sweep_keys = list(self._keys)

@@ -267,6 +267,11 @@ class WindowStore:
         self.stats.deleted_idle += deleted
         return deleted
 
+    def settled(self, key: str, before: float, now: float) -> bool:
+        """True when records of `key` written before `before` can no longer matter: their
+        windows are older than the previous one."""
+        return key not in self._keys or self._window(before) < self._window(now) - 1
+
     def _evict_one(self) -> None:
         key = next(iter(self._keys))
         st = self._keys.pop(key)

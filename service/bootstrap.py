@@ -99,6 +99,7 @@ def build_node(
             snapshot_s=settings.snapshot_ms / 1000,
             max_buffered=settings.max_buffered_keys,
             discipline=discipline,
+            expire_after_s=settings.expire_writers_s,
         )
         if settings.rules_topic != "none":
             feed_log = rules_log if rules_log is not None else kafka_rules_log(settings)

@@ -96,6 +96,7 @@ class Engine:
         self.wire: dict[str, str] = {}  # rule name -> wire name
         self._active: dict[str, Limiter] = {}  # rule name -> limiter
         self._track_deletions = False
+        self._retired_deleted: list[tuple[str, str]] = []  # of limiters dropped since
         self.replace_rules(rules)
 
     def replace_rules(self, rules: RuleSet) -> list[str]:
@@ -132,7 +133,7 @@ class Engine:
 
     def deleted_keys(self) -> list[tuple[str, str]]:
         """(wire name, key) of keys deleted as idle since the last call."""
-        out: list[tuple[str, str]] = []
+        out, self._retired_deleted = self._retired_deleted, []
         for name, limiter in self.limiters.items():
             if limiter.deleted:
                 out.extend((name, key) for key in limiter.deleted)
@@ -211,6 +212,8 @@ class Engine:
         live = set(self.wire.values())
         for name, limiter in list(self.limiters.items()):
             if name not in live and len(limiter) == 0 and limiter.dirty_count() == 0:
+                if limiter.deleted:
+                    self._retired_deleted.extend((name, key) for key in limiter.deleted)
                 del self.limiters[name]
         return deleted
 

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_buffered_keys: int = Field(1_000_000, ge=1)
     publish_timeout_ms: float = Field(2000.0, gt=0, le=120_000, allow_inf_nan=False)
+    # Records of writers (process incarnations) silent this long are tombstoned by the
+    # next node that bootstraps, once their keys are idle: the topic does not grow with
+    # every deploy.
+    expire_writers_s: float = Field(600.0, gt=0, allow_inf_nan=False)
     peer_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
     # Passed through to every Kafka client (producer, consumer, admin).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

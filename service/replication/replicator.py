@@ -28,6 +28,7 @@ PEER_FORGET_S = 600.0  # a peer silent this long is forgotten (share mode, dashb
 APPLY_CHUNK = 200  # deltas of one record merged between two yields
 MIN_SNAPSHOT_SLICE = 256  # key records per flush at least, while a round is being written
 MAX_BACKOFF_S = 2.0  # between publish attempts while the broker does not acknowledge
+EXPIRE_SLICE = 1_000  # records of silent writers looked at per flush
 PROBE_ATTEMPTS = 3  # clock probes at start before bootstrapping on the uncorrected clock
 COMPACT_SLACK = 10_000  # outbox items beyond twice the pending keys before re-encoding
 
@@ -61,6 +62,7 @@ class Replicator:
         snapshot_s: float,
         max_buffered: int,
         discipline: DisciplinedClock | None = None,
+        expire_after_s: float = PEER_FORGET_S,
     ) -> None:
         self.engine = engine
         # Told of every publish's round trip when the log stamps records (its clock).
@@ -94,6 +96,18 @@ class Replicator:
         self._own_key_end = (codec.SEP + engine.replica).encode()
         self._own_batch = (codec.SEP + engine.replica + codec.SEP).encode()
         metrics.buffer_limit.set(max_buffered)
+        # The topic stays the size of the live state: our key records of keys deleted as
+        # idle are tombstoned, and so are the records of writers silent for
+        # `expire_after_s` (found at bootstrap) once their keys are idle here.
+        self.expire_after_s = expire_after_s
+        self._written: set[tuple[str, str]] = set()  # (rule, user) with a key record of ours
+        self._tombstones: dict[bytes, int] = {}  # record key -> partition, to publish
+        self._live_writers: set[str] = set()
+        # writer -> its records: key -> (partition, written at, (rule, user) it holds)
+        self._silent: dict[str, dict[bytes, tuple[int, float, tuple[tuple[str, str], ...]]]] = {}
+        self._expire_queue: list[tuple[str, bytes]] = []
+        self.tombstones_written = 0
+        engine.track_deletions()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -116,6 +130,16 @@ class Replicator:
                     await self._merge(records)
         finally:
             self.engine.set_bootstrapping(False, self.clock())
+        for writer in self._live_writers:
+            self._silent.pop(writer, None)
+        self._live_writers.clear()
+        if self._silent:
+            log.info(
+                "%d writers silent for over %.0fs left %d records: tombstoned once idle",
+                len(self._silent),
+                self.expire_after_s,
+                sum(map(len, self._silent.values())),
+            )
         self.broker_ok = True
         self.metrics.bootstrap_seconds.set(time.monotonic() - started)
         self.metrics.bootstrap_records.set(count)
@@ -150,6 +174,9 @@ class Replicator:
         stopped first by whoever runs them."""
         try:
             async with asyncio.timeout(drain_timeout_s):
+                await self.flush(final=True)
+                # Again: key records of the keys that only the final batch holds, so this
+                # writer's state is all in key records once it is gone.
                 await self.flush(final=True)
         except TimeoutError:
             log.error("shutdown: %d keys could not be published", len(self._pending))
@@ -280,14 +307,18 @@ class Replicator:
         await self._encode_batches(fresh, now_ms)
         snapshot_slots = self._snapshot_slice(final)
         key_records = await self._key_records(snapshot_slots, now_ms)
+        self._own_tombstones()
+        if self._silent:
+            self._expire_slice()
+        tombstones = [OutRecord(k, None, p) for k, p in self._tombstones.items()]
         batches = list(self._outbox)
-        if not batches and not key_records:
+        if not batches and not key_records and not tombstones:
             self._snapshot_written(0, final)
             self._last_flush_ms = now_ms
             return
         sent = dict(self._pending)
         try:
-            await self._publish(batches + key_records)
+            await self._publish(batches + key_records + tombstones)
         except PublishFailed as exc:
             if self.broker_ok:
                 log.warning("publish failed, buffering %d keys: %s", len(self._pending), exc)
@@ -312,11 +343,80 @@ class Replicator:
         for slot, entries in sent.items():
             if self._pending.get(slot) is entries:
                 del self._pending[slot]
-        self._snapshot_keys.update(sent)
         self._snapshot_written(len(snapshot_slots), final)
+        self._snapshot_keys.update(sent)  # after: a final flush clears what it wrote
+        for record in key_records:
+            rule, user = _rule_user(record.key)
+            self._written.add((rule, user))
+        for record in tombstones:
+            del self._tombstones[record.key]
+        self.tombstones_written += len(tombstones)
+        self.metrics.records_produced.labels("tombstone").inc(len(tombstones))
         self.metrics.records_produced.labels("batch").inc(len(batches))
         self.metrics.records_produced.labels("key").inc(len(key_records))
         self.metrics.buffered.set(len(self._pending))
+
+    def _own_tombstones(self) -> None:
+        """Tombstone our key records of keys deleted as idle (a full bucket needs none)."""
+        me = self.engine.replica
+        written = self._written
+        for slot in self.engine.deleted_keys():
+            if slot in written:
+                written.discard(slot)
+                rule, user = slot
+                self._tombstones[codec.key_record_key(rule, user, me)] = self.partition_of(user)
+
+    def _expire_slice(self) -> None:
+        """Tombstone records of silent writers, a slice per flush, once every key they hold
+        is settled here (their epochs sealed and the bucket full now: deleting them changes
+        no decision, even while the user is active)."""
+        if not self._expire_queue:
+            self._expire_queue = [(w, k) for w, recs in self._silent.items() for k in recs]
+        limiters = self.engine.limiters
+        now = self.clock()
+        for _ in range(min(EXPIRE_SLICE, len(self._expire_queue))):
+            writer, record_key = self._expire_queue.pop()
+            records = self._silent.get(writer)
+            if records is None or record_key not in records:
+                continue
+            partition, written, slots = records[record_key]
+            if not all(
+                (limiter := limiters.get(rule)) is None or limiter.settled(user, written, now)
+                for rule, user in slots
+            ):
+                continue  # it may still matter: looked at again on the next pass
+            del records[record_key]
+            if not records:
+                del self._silent[writer]
+            self._tombstones[record_key] = partition
+
+    def _note_writer(self, record: LogRecord, threshold_ms: int) -> None:
+        """At bootstrap: remember the records of writers silent since `threshold_ms`."""
+        key = record.key
+        if key is None:
+            return
+        parts = key.split(_SEP_BYTES)
+        # A key record's key is user, rule, writer; a batch record's "", batch, writer, partition.
+        if len(parts) == 3 or (len(parts) == 4 and not parts[0] and parts[1] == b"batch"):
+            writer = parts[2].decode("utf-8", "replace")
+        else:
+            return
+        if writer == self.engine.replica or writer in self._live_writers:
+            return
+        if record.timestamp_ms >= threshold_ms:
+            self._live_writers.add(writer)
+            self._silent.pop(writer, None)
+            return
+        records = self._silent.setdefault(writer, {})
+        if record.value is None:
+            records.pop(key, None)  # already tombstoned
+            return
+        try:
+            items = codec.decode(record.value).items
+        except PoisonRecord:
+            items = []  # unreadable: nothing in it can matter
+        slots = tuple((rule, delta.key) for rule, delta in items)
+        records[key] = (record.partition, from_unix_ms(record.timestamp_ms), slots)
 
     async def flush_loop(self) -> None:
         """Flush every `flush_s` (run it as a supervised task: a bug propagates)."""
@@ -361,6 +461,10 @@ class Replicator:
         bootstrapping = self.engine.limiters_bootstrapping()
         if bootstrapping:
             records = _latest_key_records(records)
+            if self.log.stamps:  # record times are the broker's: silence is measurable
+                threshold_ms = now_ms - int(self.expire_after_s * 1000)
+                for record in records:
+                    self._note_writer(record, threshold_ms)
         own_key_end = self._own_key_end
         own_batch = self._own_batch
         applied = 0
@@ -398,6 +502,8 @@ class Replicator:
                 metrics.poison_record("unknown_rule", f"{unknown} deltas name an unknown rule")
             applied += len(decoded.items)
             if not bootstrapping:
+                if self._silent and replica in self._silent:
+                    del self._silent[replica]  # it writes again: not expired after all
                 metrics.sync_lag.observe(max(0, now_ms - decoded.since_ms) / 1000)
                 # A peer is alive when it wrote lately, not when we read its history: the
                 # records read at bootstrap (past deploys among them) stamp nobody, and a
@@ -408,6 +514,15 @@ class Replicator:
                     max(written, seen.at) if seen else written, (seen.records if seen else 0) + 1
                 )
         metrics.deltas_applied.inc(applied)
+
+
+_SEP_BYTES = codec.SEP.encode()
+
+
+def _rule_user(record_key: bytes) -> tuple[str, str]:
+    """The rule and user of one of our key records' keys."""
+    user, rule, _ = record_key.decode().split(codec.SEP, 2)
+    return rule, user
 
 
 def _latest_key_records(records: list[LogRecord]) -> list[LogRecord]:
