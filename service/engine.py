@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import orjson
@@ -14,12 +14,15 @@ from crdt.limiter import Limiter, make_limiter, timing
 from crdt.policy import SyncTiming
 from crdt.store import KeyView
 from service.clock import Clock
-from service.errors import BadRequest
+from service.errors import BadRequest, UnknownRule
 from service.rules.model import RULE_NAME_MAX, Rule, RuleSet
+from service.rules.override import OVERRIDE_PREFIX, rule_of_override
 
 MAX_KEY_BYTES = 256  # a user id (X-User-ID), a /v1/check key, a key on the wire
 WIRE_SEP = "~"  # never in a rule name (RULE_NAME), so a wire name splits unambiguously
 MAX_WIRE_CHARS = RULE_NAME_MAX  # a wire name is a rule name on the wire
+MAX_OVERRIDES = 1000  # limiters of request-given limits (service.rules.override) at once
+PEEK_SLACK = 1e-6  # of a token: a look admits what acquire admits (float noise aside)
 
 
 def wire_name(rule: Rule, base: RuleSet) -> str:
@@ -69,6 +72,14 @@ class Decision(NamedTuple):
     reset_after_s: float
     rule: Rule
     shadow_denied: bool
+
+
+class Check(NamedTuple):
+    """One limit of an atomic decision: `cost` for `key` under `rule` (0: look, take nothing)."""
+
+    key: str
+    cost: int
+    rule: Rule
 
 
 class Engine:
@@ -162,7 +173,9 @@ class Engine:
         """Admit or deny `cost` for `key` under `rule` (shadow rules never deny)."""
         if now is None:
             now = self.clock()
-        limiter = self._active[rule.name]
+        return self._decide(key, cost, rule, self._active[rule.name], now)
+
+    def _decide(self, key: str, cost: int, rule: Rule, limiter: Limiter, now: float) -> Decision:
         result = limiter.acquire(key, cost, now)
         allowed = result >= 0
         if rule.algorithm == "token_bucket" and allowed:
@@ -177,9 +190,141 @@ class Engine:
             return Decision(True, remaining, rule.capacity, 0.0, reset, rule, True)
         return Decision(allowed, remaining, rule.capacity, retry, reset, rule, False)
 
+    def decide_all(
+        self,
+        checks: Sequence[Check],
+        now: float | None = None,
+        gates: Sequence[Limiter | None] = (),
+    ) -> list[Decision]:
+        """Admit every check or none: one decision per check, in order.
+
+        Every limit is looked at first without consuming (costs of checks on the same
+        limit and key add up); only when all admit is each cost taken. A denial takes
+        nothing anywhere, and the checks that denied are answered not allowed (the others
+        allowed, with nothing taken). Shadow rules never deny; checks of cost 0 only look.
+        `gates[i]`, when given, is a second limiter check i must also pass (share mode's
+        slice of a limit). Atomic because the event loop runs one decision at a time;
+        should a take still fail after every look admitted (float noise), what was taken
+        is given back and that check is the one denied.
+        """
+        if now is None:
+            now = self.clock()
+        limiters = [self._limiter_of(check.rule) for check in checks]
+        gated = [gates[i] if i < len(gates) else None for i in range(len(checks))]
+        needed: dict[tuple[int, str], int] = {}
+        for check, limiter, gate in zip(checks, limiters, gated, strict=True):
+            for held in (limiter, gate):
+                if held is not None:
+                    slot = (id(held), check.key)
+                    needed[slot] = needed.get(slot, 0) + check.cost
+        tokens: list[float] = []
+        fits: list[bool] = []
+        for check, limiter, gate in zip(checks, limiters, gated, strict=True):
+            left = limiter.view(check.key, now).tokens
+            fit = left - needed[(id(limiter), check.key)] >= -PEEK_SLACK
+            if gate is not None:
+                in_gate = gate.view(check.key, now).tokens
+                fit = fit and in_gate - needed[(id(gate), check.key)] >= -PEEK_SLACK
+                left = min(left, in_gate)
+            tokens.append(left)
+            fits.append(fit)
+        blocked = any(not fit and not c.rule.shadow for c, fit in zip(checks, fits, strict=True))
+        if blocked or all(check.cost == 0 for check in checks):
+            return [
+                self._looked(check, limiter, left, fit, now)
+                for check, limiter, left, fit in zip(checks, limiters, tokens, fits, strict=True)
+            ]
+        return self._take_all(checks, limiters, gated, now)
+
+    def _take_all(
+        self,
+        checks: Sequence[Check],
+        limiters: Sequence[Limiter],
+        gates: Sequence[Limiter | None],
+        now: float,
+    ) -> list[Decision]:
+        taken: list[tuple[Limiter, str, int]] = []
+        decisions: list[Decision] = []
+        for check, limiter, gate in zip(checks, limiters, gates, strict=True):
+            if check.cost == 0:
+                left = limiter.view(check.key, now).tokens
+                decisions.append(self._looked(check, limiter, left, left >= -PEEK_SLACK, now))
+                continue
+            if gate is not None:
+                if gate.acquire(check.key, check.cost, now) >= 0:
+                    taken.append((gate, check.key, check.cost))
+                elif not check.rule.shadow:
+                    return self._undo(taken, checks, limiters, check, now)
+            decision = self._decide(check.key, check.cost, check.rule, limiter, now)
+            if not decision.allowed:
+                return self._undo(taken, checks, limiters, check, now)
+            if not decision.shadow_denied:
+                taken.append((limiter, check.key, check.cost))
+            decisions.append(decision)
+        return decisions
+
+    def _undo(
+        self,
+        taken: list[tuple[Limiter, str, int]],
+        checks: Sequence[Check],
+        limiters: Sequence[Limiter],
+        denied: Check,
+        now: float,
+    ) -> list[Decision]:
+        for held, key, cost in taken:
+            held.refund(key, cost, now)
+        return [
+            self._looked(
+                check, limiter, limiter.view(check.key, now).tokens, check is not denied, now
+            )
+            for check, limiter in zip(checks, limiters, strict=True)
+        ]
+
+    def _looked(
+        self, check: Check, limiter: Limiter, tokens: float, fits: bool, now: float
+    ) -> Decision:
+        # A check whose limit was looked at, not taken from: `remaining` is what is left
+        # now; the times are those of its would-be result.
+        rule = check.rule
+        result = tokens - check.cost
+        if fits:
+            result = max(result, 0.0)  # admitted (inside the slack if below 0)
+        elif result >= 0:
+            result = -PEEK_SLACK  # denied for a sibling check on the same key
+        retry, reset = timing(limiter, check.key, result, max(check.cost, 1), now)
+        remaining = max(math.floor(tokens + 1e-6), 0)
+        if fits:
+            return Decision(True, remaining, rule.capacity, 0.0, reset, rule, False)
+        if rule.shadow:
+            return Decision(True, remaining, rule.capacity, 0.0, reset, rule, True)
+        return Decision(False, remaining, rule.capacity, retry, reset, rule, False)
+
+    def _limiter_of(self, rule: Rule) -> Limiter:
+        """The limiter of a rule in force, or of a request-given limit (an override)."""
+        limiter = self._active.get(rule.name)
+        if limiter is not None:
+            return limiter
+        if rule_of_override(rule.name) != rule:
+            raise UnknownRule(f"no rule named {rule.name!r} is in force")
+        limiter = self._override_limiter(rule)
+        if limiter is None:
+            raise BadRequest(f"more than {MAX_OVERRIDES} different limit overrides are in use")
+        return limiter
+
+    def _override_limiter(self, rule: Rule) -> Limiter | None:
+        limiter = self.limiters.get(rule.name)
+        if limiter is None:
+            held = sum(1 for name in self.limiters if name.startswith(OVERRIDE_PREFIX))
+            if held >= MAX_OVERRIDES:
+                return None
+            bootstrapping = self.limiters_bootstrapping()
+            limiter = self.limiters[rule.name] = self._limiter_for(rule)
+            limiter.bootstrapping = bootstrapping
+        return limiter
+
     def view(self, key: str, rule: Rule, now: float | None = None) -> KeyView:
         """The merged state of `key` under `rule`."""
-        return self._active[rule.name].view(key, self.clock() if now is None else now)
+        return self._limiter_of(rule).view(key, self.clock() if now is None else now)
 
     def flush(self, now: float) -> list[tuple[str, Delta]]:
         """(rule name, delta) for every key changed since the last flush."""
@@ -199,9 +344,13 @@ class Engine:
         for name, delta in items:
             limiter = limiters.get(name)
             if limiter is None:
-                if name.partition(WIRE_SEP)[0] not in self.wire:
-                    unknown += 1
-                continue
+                override = rule_of_override(name)
+                if override is not None:
+                    limiter = self._override_limiter(override)
+                if limiter is None:
+                    if name.partition(WIRE_SEP)[0] not in self.wire:
+                        unknown += 1
+                    continue
             limiter.apply(delta, now)
         return unknown
 

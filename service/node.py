@@ -6,14 +6,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from pydantic import ValidationError
 
 from crdt.limiter import Limiter, make_limiter, timing
 from service.clock import Clock
-from service.engine import Decision, Engine
+from service.engine import Check, Decision, Engine
 from service.errors import BrokerError, RateLimiterError, TopicConfigMismatch, Unavailable
 from service.metrics import Metrics
 from service.replication.replicator import Replicator
@@ -331,10 +331,32 @@ class Node:
         self.decisions[(rule.name, outcome)] += 1
         return decision
 
-    def _decide_share(self, key: str, cost: int, rule: Rule) -> Decision:
-        # Lease-style safety while cut off: this node may spend only 1/N of the limit,
-        # N = itself plus the peers it heard from before the outage, on top of the
-        # shared bucket (which keeps recording consumption for when the broker returns).
+    def decide_all(self, checks: Sequence[Check]) -> list[Decision]:
+        """Decide several limits at once, all or nothing (`Engine.decide_all`), honouring
+        the fail mode as `decide` does; each check is counted under its rule."""
+        if not self.ready:
+            raise Unavailable("the node is still reading the state topic (see /readyz)")
+        replicator = self.replicator
+        if replicator is None or replicator.broker_ok or self.settings.fail_mode == "local":
+            decisions = self.engine.decide_all(checks)
+        elif self.settings.fail_mode == "closed":
+            for check in checks:
+                self._count(check.rule.name, "unavailable")
+            raise Unavailable("Kafka is unreachable and this node runs with --fail-mode closed")
+        else:
+            gates = [self._share_store(check.rule) for check in checks]
+            decisions = self.engine.decide_all(checks, gates=gates)
+        for check, decision in zip(checks, decisions, strict=True):
+            if decision.shadow_denied:
+                self._count(check.rule.name, "shadow_denied")
+            else:
+                self._count(check.rule.name, "admitted" if decision.allowed else "denied")
+        return decisions
+
+    def _count(self, rule: str, outcome: str) -> None:
+        self.decisions[(rule, outcome)] = self.decisions.get((rule, outcome), 0) + 1
+
+    def _share_store(self, rule: Rule) -> Limiter:
         store = self._share.get(rule.name)
         if store is None:
             assert self.replicator is not None
@@ -349,6 +371,13 @@ class Node:
             )
             self._share[rule.name] = store
             log.warning("broker unreachable: fail mode share, this node takes 1/%d of limits", n)
+        return store
+
+    def _decide_share(self, key: str, cost: int, rule: Rule) -> Decision:
+        # Lease-style safety while cut off: this node may spend only 1/N of the limit,
+        # N = itself plus the peers it heard from before the outage, on top of the
+        # shared bucket (which keeps recording consumption for when the broker returns).
+        store = self._share_store(rule)
         now = self.clock()
         result = store.acquire(key, cost, now)
         if result < 0:

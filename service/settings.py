@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # X-User-Tier picks a rule only behind a gateway that sets it (clients could claim any).
     trust_tier_header: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Envoy's rate limit service (gRPC, with health checking) on this port of `host`;
+    # unset: off. A descriptor's own `limit` is honoured only with allow_limit_override.
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+    allow_limit_override: bool = False
     max_buffered_keys: int = Field(1_000_000, ge=1)
     publish_timeout_ms: float = Field(2000.0, gt=0, le=120_000, allow_inf_nan=False)
     # Records of writers (process incarnations) silent this long are tombstoned by the

@@ -27,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("service.cli.simulate", "simulate a cluster: admitted vs ideal vs bound"),
     "demo": ("service.cli.demo", "the bucket at work: 30 requests on one node or a cluster"),
     "inspect": ("service.cli.inspect", "the state topic: config, partitions, a user's state"),
-    "rules": ("service.cli.rules", "put, delete or list rules on the rules topic (hot reload)"),
+    "rules": ("service.cli.rules", "put, delete, list or import (Envoy) rules on the rules topic"),
 }
 
 

@@ -1,17 +1,22 @@
-"""`ratelimiter rules put|delete|list`: change rules on the rules topic; every node follows it."""
+"""`ratelimiter rules put|delete|list|import`: change rules on the rules topic; every node
+follows it. `import FILE` writes Envoy ratelimit configuration (service.rules.envoy) as
+rules: a domain imported again replaces that domain's rules (those gone are deleted)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 
 from service.errors import ConfigError, UnknownRule
-from service.rules.log import read_rules, write_rules
-from service.rules.model import InvalidRule, Rule, rule_from_mapping
+from service.rules.envoy import parse_envoy
+from service.rules.log import Changes, read_rules, write_rules
+from service.rules.model import MAX_RULES, InvalidRule, Rule, rule_from_mapping
 from service.settings import Settings, load_settings
 
 # flag -> rule field; only the flags given are sent
@@ -49,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     delete.add_argument("name")
     listing = actions.add_parser("list", help="the rules on the topic")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    for child in (put, delete, listing):
+    imported = actions.add_parser(
+        "import", help="write Envoy ratelimit YAML as rules (replacing its domains' rules)"
+    )
+    imported.add_argument("file", type=Path, help="Envoy ratelimit config (one domain a document)")
+    for child in (put, delete, listing, imported):
         child.add_argument("--kafka", help="HOST:PORT (env RATELIMITER_KAFKA)")
         child.add_argument("--topic", help="rules topic (env RATELIMITER_RULES_TOPIC)")
 
@@ -95,9 +104,38 @@ def _describe(rule: Rule) -> str:
     return " ".join(parts).rstrip()
 
 
+def envoy_file_rules(path: Path) -> list[Rule]:
+    """The rules of an Envoy ratelimit configuration file; ConfigError names the field."""
+    try:
+        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    documents = [doc for doc in documents if doc is not None]
+    if not documents:
+        raise ConfigError(f"{path}: no configuration (expected 'domain' and 'descriptors')")
+    return parse_envoy(documents, str(path))
+
+
+def import_changes(held: dict[str, Rule], imported: list[Rule]) -> Changes:
+    """What to write: the imported rules, and deletions of rules of the imported domains
+    that the file no longer has. InvalidRule when the topic would hold too many rules."""
+    domains = {rule.envoy.domain for rule in imported if rule.envoy is not None}
+    changes: Changes = {rule.name: rule for rule in imported}
+    for name, rule in held.items():
+        if rule.envoy is not None and rule.envoy.domain in domains and name not in changes:
+            changes[name] = None
+    total = len({*held, *changes}) - sum(1 for rule in changes.values() if rule is None)
+    if total > MAX_RULES:
+        raise InvalidRule(f"the rules topic would hold {total} rules, at most {MAX_RULES}")
+    return changes
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, then write or read the rules topic."""
     rule = rule_from_args(args) if args.action == "put" else None
+    imported = envoy_file_rules(args.file) if args.action == "import" else None
     settings = _settings(args)
     options = settings.kafka_options()
     where = f"{settings.rules_topic} at {settings.kafka}"
@@ -107,6 +145,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"put {_describe(rule)}\n  on {where}")
         return 0
     rules, skipped = asyncio.run(read_rules(settings.kafka, settings.rules_topic, options))
+    if imported is not None:
+        changes = import_changes(rules, imported)
+        asyncio.run(write_rules(settings.kafka, settings.rules_topic, changes, options))
+        deleted = sorted(name for name, value in changes.items() if value is None)
+        print(f"imported {len(imported)} rules from {args.file}\n  on {where}")
+        for listed in imported:
+            print("  " + _describe(listed))
+        if deleted:
+            print(f"  deleted (no longer in the file): {', '.join(deleted)}")
+        return 0
     if args.action == "delete":
         if args.name not in rules:
             known = ", ".join(sorted(rules)) or "none"

@@ -69,6 +69,19 @@ def run(args: argparse.Namespace) -> int:
     # the young generation less often; nothing in the node builds reference cycles.
     gc.set_threshold(50_000, 20, 100)
     asgi = create_asgi(settings)
+    if settings.grpc_port is not None:
+        from fastapi import FastAPI
+
+        from service.grpc.server import serve_beside  # grpcio is loaded only when asked for
+
+        assert isinstance(asgi.app, FastAPI)
+        serve_beside(
+            asgi.app,
+            asgi.protector.node,
+            settings.host,
+            settings.grpc_port,
+            settings.allow_limit_override,
+        )
     # What bootstrap built (keys, rules, the app itself) lives as long as the process:
     # move it out of the cyclic GC's sight so collections scan only what came after.
     asgi.protector.node.ready_listeners.append(_freeze_heap)

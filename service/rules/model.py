@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from crdt.limiter import Algorithm
 from crdt.policy import bucket_problem, window_problem
 from service.errors import ConfigError, UnknownRule
+from service.rules.descriptor import EnvoyDescriptor
 
 RULE_NAME_MAX = 64
 RULE_NAME = rf"^[A-Za-z0-9._-]{{1,{RULE_NAME_MAX}}}$"
@@ -37,6 +38,8 @@ class Rule(BaseModel):
     prefix: str | None = Field(None, min_length=1, max_length=256)
     tier: str | None = Field(None, min_length=1, max_length=64)
     shadow: bool = False
+    # Set on rules from Envoy ratelimit configuration: the descriptor they answer (gRPC).
+    envoy: EnvoyDescriptor | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Self:

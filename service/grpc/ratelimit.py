@@ -1,0 +1,163 @@
+"""`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` answered by the node.
+
+Each descriptor is matched against the Envoy rules (`service.rules.descriptor_index`):
+its limit key is `domain/key=value/...`, its cost `hits_addend`. All limited descriptors
+of one request are decided at once by `Node.decide_all`: admitted only if every limit
+admits, and only then taken from every limit; a denial takes nothing, and the statuses
+say which descriptor was over its limit. Same engine, replication and fail modes as HTTP.
+
+A descriptor without a rule, `unlimited`, or a rule without `rate_limit` is OK without
+counting (`limit_remaining` is 2^32-1 for `unlimited`, as in Envoy ratelimit); a rule
+replaced (`replaces`) by another matching one is OK and not counted; `requests_per_unit:
+0` is always over the limit. A descriptor's own `limit` replaces its rule only with
+--allow-limit-override (a fixed window per unit, shared by every node seeing it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+from service.engine import Check, Decision
+from service.errors import BadRequest, RateLimiterError, Unavailable, UnknownRule
+from service.grpc.request import UNITS, Asked, read_request
+from service.http.headers import ceil_ms, policy_header, ratelimit_headers
+from service.node import Node
+from service.rules.descriptor_index import DescriptorIndex
+from service.rules.model import Rule, RuleSet
+from service.rules.override import UNIT_SECONDS, override_rule
+
+Code = rls_pb2.RateLimitResponse.Code
+MAX_UINT32 = 2**32 - 1
+NO_LIMIT = "no limit"  # no rule, a rule without rate_limit, or a replaced rule
+UNLIMITED = "unlimited"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The limit a descriptor is decided under."""
+
+    rule: Rule  # what the engine decides with (at least 1 per unit)
+    unit: str
+    requests_per_unit: int  # as configured: 0 is always over the limit
+    name: str | None = None  # rate_limit.name, for `replaces`
+    replaces: tuple[str, ...] = ()
+
+    @property
+    def blocks(self) -> bool:
+        """0 per unit, enforced: every request is over the limit."""
+        return self.requests_per_unit == 0 and not self.rule.shadow
+
+    def policy(self) -> bytes:
+        """RateLimit-Policy of this limit."""
+        if self.requests_per_unit == self.rule.capacity:
+            return policy_header(self.rule)
+        return f'"{self.rule.name}";q={self.requests_per_unit};w={UNIT_SECONDS[self.unit]}'.encode()
+
+
+Plan = Limit | str
+
+
+class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
+    """ShouldRateLimit over a node; follows the node's rules as they change."""
+
+    def __init__(self, node: Node, allow_limit_override: bool) -> None:
+        self.node = node
+        self.allow_limit_override = allow_limit_override
+        self.index = DescriptorIndex(node.rules)
+        node.rules_listeners.append(self._rules_changed)
+
+    def _rules_changed(self, rules: RuleSet) -> None:
+        self.index = DescriptorIndex(rules)
+
+    async def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # the name is gRPC's
+        try:
+            return self.answer(request)
+        except (BadRequest, UnknownRule) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Unavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except RateLimiterError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        raise AssertionError("unreachable: abort raises")
+
+    def answer(self, request: Any) -> Any:
+        """The RateLimitResponse to a RateLimitRequest (BadRequest, Unavailable raised)."""
+        domain, asked = read_request(request)
+        plans = [self._plan(domain, item) for item in asked]
+        replaced = {name for plan in plans if isinstance(plan, Limit) for name in plan.replaces}
+        for i, plan in enumerate(plans):
+            if isinstance(plan, Limit) and plan.name is not None and plan.name in replaced:
+                plans[i] = NO_LIMIT
+        limits = [(i, plan) for i, plan in enumerate(plans) if isinstance(plan, Limit)]
+        blocked = any(limit.blocks for _, limit in limits)
+        checks = [
+            Check(
+                asked[i].key,
+                0 if blocked or not limit.requests_per_unit else asked[i].hits,
+                limit.rule,
+            )
+            for i, limit in limits
+        ]
+        decided = dict(zip((i for i, _ in limits), self.node.decide_all(checks), strict=True))
+        response = rls_pb2.RateLimitResponse()
+        shown: tuple[Decision, Limit] | None = None  # the decision the headers report
+        for i, plan in enumerate(plans):
+            status = response.statuses.add()
+            status.code = Code.OK
+            if plan == UNLIMITED:
+                status.limit_remaining = MAX_UINT32
+            if not isinstance(plan, Limit):
+                continue
+            decision = decided[i]
+            if plan.blocks:
+                decision = decision._replace(allowed=False, remaining=0)
+            _fill(status, plan, decision)
+            if shown is None or _worse(decision, shown[0]):
+                shown = (decision, plan)
+        over = any(status.code == Code.OVER_LIMIT for status in response.statuses)
+        response.overall_code = Code.OVER_LIMIT if over else Code.OK
+        if shown is not None:
+            decision, limit = shown
+            for name, value in ratelimit_headers(decision, limit.policy()):
+                response.response_headers_to_add.append(
+                    base_pb2.HeaderValue(key=name.decode(), value=value.decode())
+                )
+        return response
+
+    def _plan(self, domain: str, item: Asked) -> Plan:
+        override = item.override
+        if override is not None and self.allow_limit_override:
+            window = override_rule(override.unit, max(override.requests_per_unit, 1))
+            return Limit(window, override.unit, override.requests_per_unit)
+        rule = self.index.match(domain, item.entries)
+        if rule is None or rule.envoy is None:
+            return NO_LIMIT
+        envoy = rule.envoy
+        if envoy.unlimited:
+            return UNLIMITED
+        if envoy.unit is None or envoy.requests_per_unit is None:
+            return NO_LIMIT
+        return Limit(rule, envoy.unit, envoy.requests_per_unit, envoy.name, envoy.replaces)
+
+
+def _worse(decision: Decision, than: Decision) -> bool:
+    """Denied before admitted, then less remaining: what the RateLimit headers report."""
+    if decision.allowed != than.allowed:
+        return not decision.allowed
+    return decision.remaining < than.remaining
+
+
+def _fill(status: Any, limit: Limit, decision: Decision) -> None:
+    status.code = Code.OK if decision.allowed else Code.OVER_LIMIT
+    current = status.current_limit
+    current.name = limit.rule.name
+    current.requests_per_unit = limit.requests_per_unit
+    current.unit = UNITS[limit.unit]
+    status.limit_remaining = min(max(decision.remaining, 0), MAX_UINT32)
+    reset_ms = ceil_ms(decision.reset_after_s)
+    status.duration_until_reset.FromMilliseconds(max(reset_ms or 0, 0))
