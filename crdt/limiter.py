@@ -8,7 +8,7 @@ from typing import Literal, Protocol
 from crdt.delta import Delta
 from crdt.errors import InvalidParameter
 from crdt.policy import BucketPolicy, SyncTiming, WindowPolicy
-from crdt.store import BucketStore, KeyView, StoreStats
+from crdt.store import BucketStore, KeyBudget, KeyView, StoreStats
 from crdt.windows import WindowStore
 
 Algorithm = Literal["token_bucket", "sliding_window", "fixed_window"]
@@ -127,16 +127,18 @@ def make_limiter(
     window: float = 1.0,
     timing_: SyncTiming | None = None,
     max_keys: int = 1_000_000,
+    budget: KeyBudget | None = None,
 ) -> Limiter:
     """A limiter by algorithm name: a bucket of `burst` refilled at `rate`/s, or a
     window of `window` seconds admitting `burst` cost."""
     if algorithm == "token_bucket":
-        return BucketStore(BucketPolicy(rate, burst), replica, timing_, max_keys)
+        return BucketStore(BucketPolicy(rate, burst), replica, timing_, max_keys, budget)
     if algorithm in ("sliding_window", "fixed_window"):
         return WindowStore(
             WindowPolicy(burst, window),
             replica,
             sliding=algorithm == "sliding_window",
             max_keys=max_keys,
+            budget=budget,
         )
     raise InvalidParameter(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")

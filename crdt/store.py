@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from crdt.bucket import KeyState
 from crdt.delta import Delta, Entry
@@ -42,6 +42,39 @@ class StoreStats:
         self.entry_problems[kind] = self.entry_problems.get(kind, 0) + 1
 
 
+class BudgetMember(Protocol):
+    """A store whose keys count against a KeyBudget."""
+
+    def __len__(self) -> int: ...
+
+    def make_room(self) -> None:
+        """Evict own keys (idle ones first) until the budget has room."""
+        ...
+
+
+class KeyBudget:
+    """One bound on the keys held by several stores together (a node's rules).
+
+    A store that must insert while the budget is spent makes room among its own keys
+    when it holds at least its share, else in the store holding the most: one rule's
+    flood cannot push every other rule's active keys out.
+    """
+
+    __slots__ = ("limit", "members", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = positive_int("max_keys", limit)
+        self.used = 0
+        self.members: list[BudgetMember] = []
+
+    def make_room_for(self, member: BudgetMember) -> None:
+        """Free one key's room for `member` to insert into."""
+        owner = member
+        if len(member) * len(self.members) < self.used:
+            owner = max(self.members, key=len)
+        owner.make_room()
+
+
 class BucketStore:
     """Token buckets for many keys, owned by one replica (one process incarnation).
 
@@ -58,6 +91,7 @@ class BucketStore:
         replica: str,
         timing: SyncTiming | None = None,
         max_keys: int = 1_000_000,
+        budget: KeyBudget | None = None,
     ) -> None:
         if not replica:
             raise InvalidParameter("replica id must be a non-empty string")
@@ -65,6 +99,10 @@ class BucketStore:
         self.replica = replica
         self.timing = timing if timing is not None else SyncTiming()
         self.max_keys = positive_int("max_keys", max_keys)
+        # Keys held here count against `budget` (shared across a node's rules), else
+        # against max_keys alone.
+        self.budget = budget if budget is not None else KeyBudget(self.max_keys)
+        self.budget.members.append(self)
         self.stats = StoreStats()
         self.bootstrapping = False
         self._keys: dict[str, KeyState] = {}
@@ -318,9 +356,13 @@ class BucketStore:
     # -- memory ------------------------------------------------------------------
 
     def _insert(self, key: str, epoch: int) -> KeyState:
+        budget = self.budget
         if len(self._keys) >= self.max_keys:
-            self._make_room()
+            self.make_room()
+        elif budget.used >= budget.limit:
+            budget.make_room_for(self)
         st = self._keys[key] = KeyState(epoch)
+        budget.used += 1
         if self._evicted_own:
             kept = self._evicted_own.pop(key, None)
             if kept is not None and kept[0] >= epoch:
@@ -402,9 +444,11 @@ class BucketStore:
                 if self.deleted is not None:
                     self.deleted.append(key)
         self.stats.deleted_idle += deleted
+        self.budget.used -= deleted
         return deleted
 
-    def _make_room(self) -> None:
+    def make_room(self) -> None:
+        """Evict own keys, idle ones first, until the budget (and max_keys) has room."""
         keys = self._keys
         # Prefer keys whose deletion cannot change a decision; look at a bounded
         # number of candidates so an insert stays O(1) amortised under a key flood.
@@ -418,17 +462,20 @@ class BucketStore:
                 st.seal(self._seal, self._interval)
                 if self._idle(key, st, now):
                     del keys[key]
+                    self.budget.used -= 1
                     self.stats.deleted_idle += 1
                     if self.deleted is not None:
                         self.deleted.append(key)
                     return
-        while len(keys) >= self.max_keys:
+        budget = self.budget
+        while keys and (budget.used >= budget.limit or len(keys) >= self.max_keys):
             key = self._next_sweep_key()
             if key is None:
                 return
             st = keys.pop(key, None)
             if st is None:
                 continue
+            budget.used -= 1
             if key in self._dirty:
                 # Ship what we admitted before forgetting the key: nothing admitted is lost.
                 self._dirty.discard(key)

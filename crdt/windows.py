@@ -13,7 +13,7 @@ import math
 from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
 from crdt.policy import WindowPolicy, finite_time, positive_int
-from crdt.store import KeyView, StoreStats
+from crdt.store import KeyBudget, KeyView, StoreStats
 
 
 class WindowState:
@@ -69,6 +69,7 @@ class WindowStore:
         *,
         sliding: bool,
         max_keys: int = 1_000_000,
+        budget: KeyBudget | None = None,
     ) -> None:
         if not replica:
             raise InvalidParameter("replica id must be a non-empty string")
@@ -76,6 +77,8 @@ class WindowStore:
         self.replica = replica
         self.sliding = sliding
         self.max_keys = positive_int("max_keys", max_keys)
+        self.budget = budget if budget is not None else KeyBudget(self.max_keys)  # as BucketStore
+        self.budget.members.append(self)
         self.stats = StoreStats()
         self.bootstrapping = False
         self._keys: dict[str, WindowState] = {}
@@ -125,8 +128,7 @@ class WindowStore:
         if left < -1e-9:
             return left
         if st is None:
-            if len(self._keys) >= self.max_keys:
-                self._evict_one()
+            self._make_room()
             st = self._new_state(key, self._window(now))
         own_p, own_n = st.cur_cells.get(self.replica, (0, 0))
         st.cur_cells[self.replica] = (own_p + cost, own_n)
@@ -218,8 +220,7 @@ class WindowStore:
             newest = max(w for w, _, _ in entries)
             if newest < w_now - 1:
                 return  # only windows that can no longer matter
-            if len(self._keys) >= self.max_keys:
-                self._evict_one()
+            self._make_room()
             st = self._new_state(delta.key, newest)
         for w, p, n in entries:
             st.merge(delta.replica, w, p, n)
@@ -265,6 +266,7 @@ class WindowStore:
                 if self.deleted is not None:
                     self.deleted.append(key)
         self.stats.deleted_idle += deleted
+        self.budget.used -= deleted
         return deleted
 
     def settled(self, key: str, before: float, now: float) -> bool:
@@ -272,9 +274,22 @@ class WindowStore:
         windows are older than the previous one."""
         return key not in self._keys or self._window(before) < self._window(now) - 1
 
+    def _make_room(self) -> None:
+        if len(self._keys) >= self.max_keys:
+            self.make_room()
+        elif self.budget.used >= self.budget.limit:
+            self.budget.make_room_for(self)
+
+    def make_room(self) -> None:
+        """Evict own keys until the budget (and max_keys) has room."""
+        budget = self.budget
+        while self._keys and (budget.used >= budget.limit or len(self._keys) >= self.max_keys):
+            self._evict_one()
+
     def _evict_one(self) -> None:
         key = next(iter(self._keys))
         st = self._keys.pop(key)
+        self.budget.used -= 1
         if key in self._dirty:
             self._dirty.discard(key)
             entries = self._own_entries(st)
@@ -292,6 +307,7 @@ class WindowStore:
 
     def _new_state(self, key: str, w: int) -> WindowState:
         st = self._keys[key] = WindowState(w)
+        self.budget.used += 1
         kept = self._evicted_own.pop(key, None) if self._evicted_own else None
         if kept is not None and kept[0] == w:
             st.cur_cells[self.replica] = (kept[1], kept[2])

@@ -12,7 +12,7 @@ import orjson
 from crdt.delta import Delta
 from crdt.limiter import Limiter, make_limiter, timing
 from crdt.policy import SyncTiming
-from crdt.store import KeyView
+from crdt.store import KeyBudget, KeyView
 from service.clock import Clock
 from service.errors import BadRequest, UnknownRule
 from service.rules.model import RULE_NAME_MAX, Rule, RuleSet
@@ -107,6 +107,8 @@ class Engine:
         self.wire: dict[str, str] = {}  # rule name -> wire name
         self._active: dict[str, Limiter] = {}  # rule name -> limiter
         self._track_deletions = False
+        # --max-keys bounds the keys of every rule together, not of each rule.
+        self.key_budget = KeyBudget(max_keys)
         self._retired_deleted: list[tuple[str, str]] = []  # of limiters dropped since
         self.replace_rules(rules)
 
@@ -164,6 +166,7 @@ class Engine:
             window=rule.window_s if rule.window_s is not None else 1.0,
             timing_=self.sync_timing,
             max_keys=self.max_keys,
+            budget=self.key_budget,
         )
         if self._track_deletions:
             limiter.deleted = []
@@ -364,6 +367,8 @@ class Engine:
                 if limiter.deleted:
                     self._retired_deleted.extend((name, key) for key in limiter.deleted)
                 del self.limiters[name]
+                members = self.key_budget.members
+                self.key_budget.members = [m for m in members if id(m) != id(limiter)]
         return deleted
 
     def set_bootstrapping(self, on: bool, now: float) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
 from crdt.policy import BucketPolicy, SyncTiming
-from crdt.store import BucketStore, KeyView
+from crdt.store import BucketStore, KeyBudget, KeyView
 from tests.strategies import (
     KEYS,
     Cluster,
@@ -669,3 +669,18 @@ def test_refunds_merge_conservatively_in_any_order(scenario: Scenario, rnd: rand
         for key in KEYS:
             fold = fold_tat([d for d in full if d.key == key], cluster.limit.policy.interval)
             assert max(store.view(key, now).tat, now) >= max(fold, now) - 1e-9
+
+
+def test_a_shared_key_budget_bounds_stores_together_and_keeps_each_share() -> None:
+    budget = KeyBudget(10)
+    a = BucketStore(BucketPolicy(1.0, 5), "r", budget=budget)
+    b = BucketStore(BucketPolicy(1.0, 5), "r", budget=budget)
+    for i in range(10):
+        assert a.acquire(f"a{i}", 1, 10.0) >= 0
+    for i in range(5):
+        assert b.acquire(f"b{i}", 1, 10.0) >= 0
+    assert len(a) + len(b) == budget.used == 10
+    assert len(b) == 5, "room was made in the store holding more than its share"
+    for i in range(5, 10):
+        assert b.acquire(f"b{i}", 1, 10.0) >= 0
+    assert len(a) == len(b) == 5, "b evicts its own keys once it holds its share"

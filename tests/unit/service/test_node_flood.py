@@ -7,6 +7,8 @@ import httpx
 from service.bootstrap import build_node
 from service.http.app import create_app
 from service.http.fastpath import FastPath
+from service.rules.document import parse_rules
+from service.rules.model import default_rule
 from service.settings import load_settings
 from service.testing import ManualClock
 
@@ -59,3 +61,30 @@ async def test_a_flood_faster_than_keys_can_idle_evicts_active_keys_and_counts_t
         assert stats.evicted_active == 4000
     finally:
         await node.stop()
+
+
+async def test_the_key_cap_holds_across_rules() -> None:
+    """--max-keys used to apply per rule: six rules held six times the cap."""
+    clock = ManualClock()
+    rules = parse_rules(
+        {
+            "default": {"rate": 10, "burst": 20},
+            "rules": [
+                {"name": f"r{i}", "prefix": f"r{i}-", "rate": 10, "burst": 20} for i in range(6)
+            ],
+        },
+        default_rule("token_bucket", 10, 20, 1.0),
+        source="test",
+    )
+    node = build_node(load_settings(kafka="none", max_keys=600), clock=clock, rules=rules)
+    for i in range(6):
+        for j in range(600):
+            key = f"r{i}-{j}"
+            assert node.engine.decide(key, 1, node.rules.match(key)).allowed
+    assert node.engine.tracked_keys() == 600
+    assert node.engine.key_budget.used == 600
+    # Room is made in the rule holding the most: every rule keeps its share (the default
+    # rule, holding none, counts among the seven).
+    for name, limiter in node.engine.limiters.items():
+        if name != "default":
+            assert len(limiter) >= 600 // 7 - 1, name
