@@ -16,6 +16,7 @@ users locally. Two defences live here:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -28,6 +29,8 @@ ORIGIN = 1_735_689_600.0
 
 ClockMode = Literal["correct", "refuse", "off"]
 CLOCK_MODES: tuple[ClockMode, ...] = ("correct", "refuse", "off")
+log = logging.getLogger("ratelimiter.clock")
+
 SAMPLES = 8  # recent round trips considered; the tightest one is believed
 STAMP_RESOLUTION_S = 0.001  # brokers stamp in milliseconds
 MIN_STEP_S = 0.002  # offsets smaller than this (or than their uncertainty) are noise
@@ -128,6 +131,13 @@ class DisciplinedClock:
             step = best.offset
             self.correction += step
             self.steps += 1
+            log.log(
+                logging.WARNING if abs(step) > self.max_skew_s else logging.INFO,
+                "clock stepped %+.3f s to the broker's time (within %.3f s; %+.3f s in all)",
+                step,
+                best.uncertainty,
+                self.correction,
+            )
             # Earlier samples measured the clock before this step: shift them with it.
             shifted = [Sample(s.offset - step, s.uncertainty) for s in self._samples]
             self._samples.clear()

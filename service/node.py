@@ -65,6 +65,7 @@ class Node:
         self.replicator = replicator
         self.rules_feed = rules_feed
         self.ready = False
+        self.phase = "starting"  # what the node is doing before it is ready (/readyz)
         self.fatal: str | None = None
         self._replicating = False
         self._rules_read = False
@@ -173,10 +174,12 @@ class Node:
         s = self.settings
         feed = self.rules_feed
         if feed is not None and not self._rules_read:
+            self.phase = f"reading the rules topic {s.rules_topic!r}"
             if not await self._read_rules(feed):
                 return
             self._rules_read = True
             self.supervisor.spawn("rules", feed.follow)
+        self.phase = f"connecting to Kafka at {s.kafka}"
         while not self._log_started:  # a restarted connect reuses the started log
             try:
                 await replicator.log.start()
@@ -188,6 +191,7 @@ class Node:
             except RateLimiterError as exc:
                 log.warning("waiting for Kafka at %s: %s", s.kafka, exc)
                 await asyncio.sleep(RETRY_S)
+        self.phase = f"reading the state topic {s.topic!r} to its end"
         try:
             await replicator.bootstrap(s.bootstrap_timeout_s)
         except TimeoutError:

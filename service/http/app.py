@@ -227,6 +227,8 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
             "mode": node.mode,
         }
         reason = node.fatal or node.failing
+        if not ready and not reason:
+            reason = node.phase  # still starting: what it is waiting for
         if reason:
             body["error"] = reason
         return _json(body, 200 if ready else 503)

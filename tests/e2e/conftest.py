@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from service.local.broker import LocalBroker
 from service.local.nodes import NodeProcess
 from service.local.process import free_port
+from tests.kafka_fixture import shared_jars_dir
 
 Spawn = Callable[..., NodeProcess]
 
@@ -31,8 +34,11 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
         *args: str,
         port: int | None = None,
         wait: bool = True,
+        env: dict[str, str] | None = None,
     ) -> NodeProcess:
-        node = NodeProcess(node_id, port or free_port(), kafka, list(args), tmp_path / "logs")
+        node = NodeProcess(
+            node_id, port or free_port(), kafka, list(args), tmp_path / "logs", env=env
+        )
         started.append(node)
         node.start()
         if wait:
@@ -42,3 +48,35 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     yield _spawn
     for node in started:
         node.stop()
+
+
+@dataclass
+class Broker:
+    """A broker of the test's own (it gets stopped), with a listener behind a proxy."""
+
+    broker: LocalBroker
+    proxy_port: int
+
+    @property
+    def direct(self) -> str:
+        return self.broker.address
+
+    @property
+    def proxied(self) -> str:
+        return f"127.0.0.1:{self.proxy_port}"
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    listen, advertised = free_port(), free_port()
+    broker = LocalBroker(
+        port=free_port(),
+        data_dir=tmp_path / "kafka",
+        jars_dir=shared_jars_dir(),
+        extra_listeners={"PROXIED": (listen, advertised)},
+    )
+    broker.up()
+    try:
+        yield Broker(broker, advertised)
+    finally:
+        broker.down()

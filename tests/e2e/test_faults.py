@@ -7,60 +7,22 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from service.local.broker import LocalBroker
 from service.local.nodes import NodeProcess
-from service.local.process import free_port
 from service.replication import codec
 from service.replication.codec import partition_for_user
 from stress_test.loadgen import Result, Schedule
-from tests.e2e.conftest import Spawn
+from tests.e2e.conftest import Broker, Spawn
 from tests.e2e.http import hold, key_view, wait_until
 from tests.faultproxy import FaultProxy
-from tests.kafka_fixture import shared_jars_dir
 
 pytestmark = pytest.mark.e2e
 
 RATE, BURST = 10.0, 20
-
-
-@dataclass
-class Broker:
-    """A broker of the test's own (it gets stopped), with a listener behind a proxy."""
-
-    broker: LocalBroker
-    proxy_port: int
-
-    @property
-    def direct(self) -> str:
-        return self.broker.address
-
-    @property
-    def proxied(self) -> str:
-        return f"127.0.0.1:{self.proxy_port}"
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    listen, advertised = free_port(), free_port()
-    broker = LocalBroker(
-        port=free_port(),
-        data_dir=tmp_path / "kafka",
-        jars_dir=shared_jars_dir(),
-        extra_listeners={"PROXIED": (listen, advertised)},
-    )
-    broker.up()
-    try:
-        yield Broker(broker, advertised)
-    finally:
-        broker.down()
 
 
 def start_traffic(schedule: Schedule) -> threading.Thread:

@@ -374,6 +374,7 @@ async def test_not_ready_before_start(clock: ManualClock, rules_file: Path) -> N
         check = await client.post("/v1/check", json={"key": "alice"})
 
     assert ready.status_code == 503
+    assert ready.json()["error"] == "starting"  # a not-ready node always says why
     for response in (protected, check):
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
