@@ -242,12 +242,19 @@ class BucketStore:
 
     def delta_for(self, key: str, since_epoch: int) -> Delta | None:
         """This replica's cells of `key` in epochs >= since_epoch (older ones live in the
-        first entry's cascaded floor), or None when it holds none."""
+        first entry's cascaded floor), or None when it does not hold the key.
+
+        With no own cell left in those epochs (all sealed since), one entry carries the
+        newest epoch's cascaded floor alone (p = n = 0): what it consumed still counts."""
         st = self._keys.get(key)
         if st is None:
             return None
         entries = tuple(Entry(*t) for t in st.own_entries(self.replica, since_epoch))
-        return Delta(key, self.replica, entries) if entries else None
+        if not entries:
+            if not math.isfinite(st.floor):
+                return None
+            entries = (Entry(st.e, st.floor, 0, 0),)
+        return Delta(key, self.replica, entries)
 
     @property
     def current_epoch(self) -> int:

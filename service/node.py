@@ -424,4 +424,6 @@ class Node:
             totals["evicted_cells_forgotten"] += st.evicted_cells_forgotten
         if self.replicator is not None:
             totals["buffer_folded_keys"] = float(self.replicator.folded_keys)
+            totals["buffer_shed_keys"] = float(self.replicator.shed_keys)
+            totals["buffer_dropped_keys"] = float(self.replicator.dropped_keys)
         return {(kind,): value for kind, value in totals.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ MAX_BACKOFF_S = 2.0  # between publish attempts while the broker does not acknow
 EXPIRE_SLICE = 1_000  # records of silent writers looked at per flush
 PROBE_ATTEMPTS = 3  # clock probes at start before bootstrapping on the uncorrected clock
 COMPACT_SLACK = 10_000  # outbox items beyond twice the pending keys before re-encoding
+KEY_CAP = 2  # the buffer holds at most this many times --max-buffered-keys keys
 
 
 class PeerSeen(NamedTuple):
@@ -78,6 +80,8 @@ class Replicator:
         self.last_ok_at = clock()  # cluster time the broker last acknowledged us
         self.peers: dict[str, PeerSeen] = {}
         self.folded_keys = 0
+        self.shed_keys = 0  # left the buffer for a key record of their state (over the cap)
+        self.dropped_keys = 0  # left it with nothing to write them from (evicted meanwhile)
         self._pending: dict[tuple[str, str], dict[int, Entry]] = {}
         self._unencoded: set[tuple[str, str]] = set()  # pending, not in the outbox yet
         self._outbox: list[OutRecord] = []  # encoded batch records not yet acknowledged
@@ -204,7 +208,36 @@ class Replicator:
                 newest = max(entries)
                 self._pending[slot] = {newest: entries[newest]}
                 self.folded_keys += 1
+        excess = len(self._pending) - KEY_CAP * self.max_buffered
+        if excess > 0:
+            self._shed(excess)
         self.metrics.buffered.set(len(self._pending))
+
+    def _shed(self, count: int) -> None:
+        """Cap the buffer in keys: the `count` oldest buffered keys leave it. A key its
+        limiter still holds is written as a key record from that state once the broker
+        answers (its cascaded floor carries what it consumed); a key no longer held (evicted
+        by --max-keys) cannot be, and is dropped: counted, and logged once."""
+        limiters = self.engine.limiters
+        dropped = 0
+        for slot in list(itertools.islice(self._pending, count)):
+            del self._pending[slot]
+            self._unencoded.discard(slot)
+            rule, key = slot
+            limiter = limiters.get(rule)
+            if limiter is not None and key in limiter:
+                self._snapshot_keys.add(slot)
+                self.shed_keys += 1
+            else:
+                dropped += 1
+        if dropped and not self.dropped_keys:
+            log.error(
+                "the outage buffer is over %d keys and %d evicted keys had to be dropped; "
+                "raise --max-buffered-keys or --max-keys",
+                KEY_CAP * self.max_buffered,
+                dropped,
+            )
+        self.dropped_keys += dropped
 
     async def _encode_batches(self, slots: list[tuple[str, str]], now_ms: int) -> None:
         """Encode the pending entries of `slots` into batch records added to the outbox,

@@ -70,9 +70,10 @@ def replicator_on(
     replica: str,
     flush_s: float = 0.02,
     snapshot_s: float = 3600.0,
+    rate: float = 10.0,
 ) -> Replicator:
     """A Replicator wired by hand (as bootstrap does) over its own engine and the log."""
-    rules = RuleSet(default=default_rule("token_bucket", 10.0, BURST, 1.0))
+    rules = RuleSet(default=default_rule("token_bucket", rate, BURST, 1.0))
     engine = Engine(rules, replica, clock, SyncTiming(1.0, 3.0), max_keys=100_000)
     return Replicator(
         engine,
@@ -495,3 +496,35 @@ async def test_a_bootstrap_timeout_is_reported_and_stop_still_cleans_up(
     finally:
         await node.stop()
     assert not reader.started
+
+
+async def test_the_outage_buffer_is_capped_in_keys_and_loses_no_decision(
+    log: MemoryLog, clock: ManualClock
+) -> None:
+    slow = 0.01  # a token per 100 s: every bucket stays in use through the test
+    a = replicator_on(log, clock, "a/1", rate=slow)
+    a.max_buffered = 50
+    log.available = False
+    users = [f"flood-{i}" for i in range(1_000)]
+    for user in users:
+        spend(a, user, 3)
+        await a.flush()
+        assert a.buffered <= 100  # twice --max-buffered-keys at most
+        clock.advance(0.01)
+    assert a.shed_keys >= 900
+    assert a.dropped_keys == 0  # every shed key is still held: its state is written later
+
+    log.available = True
+    clock.advance(5.0)  # the shed keys' epochs are sealed by now: floors carry them
+
+    async def delivered() -> bool:
+        await a.flush(final=True)
+        return a.broker_ok and a.buffered == 0
+
+    await wait_for(delivered, what="the buffer and the shed keys published")
+    b = replicator_on(log, clock, "b/1", rate=slow)
+    await b.bootstrap(1.0)
+    rule = b.engine.rules.default
+    # Every user's 3 tokens still weigh on b's decisions, shed ones included.
+    for user in users:
+        assert b.engine.view(user, rule).tokens <= BURST - 3 + 0.2, user
