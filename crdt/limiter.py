@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from crdt.delta import Delta
 from crdt.errors import InvalidParameter
@@ -62,6 +62,14 @@ class Limiter(Protocol):
 
     def finish_bootstrap(self, now: float) -> None:
         """Leave bootstrap mode."""
+        ...
+
+    def export_keys(self) -> list[tuple[Any, ...]]:
+        """Every key's state as marshal-able rows."""
+        ...
+
+    def import_keys(self, rows: list[tuple[Any, ...]], writer: str) -> int:
+        """Load rows exported by an earlier replica `writer`; returns keys loaded."""
         ...
 
     def keys(self) -> list[str]:

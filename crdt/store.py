@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from crdt.bucket import KeyState
+from crdt.bucket import Epoch, Extra, KeyState
 from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
 from crdt.policy import EPS_TIME, BucketPolicy, SyncTiming, finite_time, positive_int
@@ -493,6 +493,52 @@ class BucketStore:
                     self._pending.append(Delta(key, self.replica, entries))
             self._remember_own_cell(key, st)
             self.stats.evicted_active += 1
+
+    def export_keys(self) -> list[tuple[Any, ...]]:
+        """Every key's whole state as plain tuples, dicts, floats and ints (marshal-able):
+        what a restarted node loads with `import_keys` instead of re-reading the topic."""
+        rows: list[tuple[Any, ...]] = []
+        for key, st in self._keys.items():
+            x = st.x
+            if x is None:
+                rows.append((key, st.e, st.floor, st.used, st.own))
+                continue
+            older = [(o.e, o.floor, o.cells, o.refunds, o.used) for o in x.older]
+            extra = (x.remote, x.own_n, x.remote_n, older, x.sealed, x.base, x.late)
+            rows.append((key, st.e, st.floor, st.used, st.own, *extra))
+        return rows
+
+    def import_keys(self, rows: list[tuple[Any, ...]], writer: str) -> int:
+        """Load `export_keys` rows of an earlier replica `writer` (a previous incarnation):
+        its own cells become a peer's cells, so this replica starts its own from zero.
+        Keys held already are left as they are; returns the keys loaded."""
+        keys = self._keys
+        loaded = 0
+        for row in rows:
+            key, e, floor, used, own = row[:5]
+            if key in keys:
+                continue
+            st = KeyState(e)
+            st.floor, st.used = floor, used
+            if len(row) > 5:
+                remote, own_n, remote_n, older, sealed, base, late = row[5:]
+                x = st.x = Extra()
+                x.remote = dict(remote) if remote else None
+                x.remote_n = dict(remote_n) if remote_n else None
+                x.older = [Epoch(*o) for o in older]
+                x.sealed, x.base, x.late = dict(sealed), base, dict(late)
+            else:
+                own_n = 0
+            if own or own_n:
+                x = st.extra()
+                if own:
+                    x.remote = {**(x.remote or {}), writer: own}
+                if own_n:
+                    x.remote_n = {**(x.remote_n or {}), writer: own_n}
+            keys[key] = st
+            loaded += 1
+        self.budget.used += loaded
+        return loaded
 
     def finish_bootstrap(self, now: float) -> None:
         """Leave bootstrap mode: from now on, entries of sealed epochs count as late."""

@@ -9,6 +9,7 @@ decision, so older windows are dropped; cells that arrive for them change nothin
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
@@ -313,6 +314,29 @@ class WindowStore:
             st.cur_cells[self.replica] = (kept[1], kept[2])
             st.cur_used = kept[1] - kept[2]
         return st
+
+    def export_keys(self) -> list[tuple[Any, ...]]:
+        """Every key's windows as plain tuples and dicts (see BucketStore.export_keys)."""
+        return [
+            (key, st.cur, st.cur_cells, st.cur_used, st.prev_cells, st.prev_used)
+            for key, st in self._keys.items()
+        ]
+
+    def import_keys(self, rows: list[tuple[Any, ...]], writer: str) -> int:
+        """Load `export_keys` rows of an earlier replica (cells are keyed by replica, so
+        its cells are a peer's); keys held already are left as they are."""
+        keys = self._keys
+        loaded = 0
+        for key, cur, cur_cells, cur_used, prev_cells, prev_used in rows:
+            if key in keys:
+                continue
+            st = WindowState(cur)
+            st.cur_cells, st.cur_used = dict(cur_cells), cur_used
+            st.prev_cells, st.prev_used = dict(prev_cells), prev_used
+            keys[key] = st
+            loaded += 1
+        self.budget.used += loaded
+        return loaded
 
     def finish_bootstrap(self, now: float) -> None:
         """Windows have no sealing, so bootstrap needs no special handling."""

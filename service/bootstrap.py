@@ -15,6 +15,7 @@ from service.metrics import Metrics
 from service.node import Node
 from service.replication.codec import partition_for_user
 from service.replication.replicator import Replicator
+from service.replication.snapshot import snapshot_path
 from service.replication.statelog import KafkaStateLog, StateLog
 from service.rules.document import load_rules
 from service.rules.feed import RulesFeed
@@ -100,6 +101,12 @@ def build_node(
             max_buffered=settings.max_buffered_keys,
             discipline=discipline,
             expire_after_s=settings.expire_writers_s,
+            snapshot_file=(
+                snapshot_path(settings.state_dir, settings.node_id, settings.topic)
+                if settings.state_dir is not None
+                else None
+            ),
+            topic=settings.topic,
         )
         if settings.rules_topic != "none":
             feed_log = rules_log if rules_log is not None else kafka_rules_log(settings)

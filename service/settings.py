@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # Records of writers (process incarnations) silent this long are tombstoned by the
     # next node that bootstraps, once their keys are idle: the topic does not grow with
     # every deploy.
+    # A restarted node loads the state it wrote here at its last graceful stop and reads
+    # the state topic only from the offsets recorded with it; unset: off.
+    state_dir: Path | None = None
     expire_writers_s: float = Field(600.0, gt=0, allow_inf_nan=False)
     peer_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
     # Passed through to every Kafka client (producer, consumer, admin).

@@ -87,6 +87,11 @@ class MemoryStateLog:
     async def positions(self) -> dict[int, int]:
         return dict(self._positions)
 
+    async def seek(self, offsets: dict[int, int]) -> None:
+        for partition, offset in offsets.items():
+            if partition in self._positions:
+                self._positions[partition] = offset
+
     async def fetch(self, timeout_s: float, max_records: int) -> list[LogRecord]:
         out: list[LogRecord] = []
         if self.log.available:

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 from crdt.delta import Delta, Entry
@@ -15,7 +16,7 @@ from service.clock import Clock, DisciplinedClock, Stamp, from_unix_ms, to_unix_
 from service.engine import Engine
 from service.errors import PoisonRecord, RateLimiterError
 from service.metrics import Metrics
-from service.replication import codec
+from service.replication import codec, snapshot
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed, StateLog
 
 log = logging.getLogger("ratelimiter.sync")
@@ -65,6 +66,8 @@ class Replicator:
         max_buffered: int,
         discipline: DisciplinedClock | None = None,
         expire_after_s: float = PEER_FORGET_S,
+        snapshot_file: Path | None = None,
+        topic: str = "",
     ) -> None:
         self.engine = engine
         # Told of every publish's round trip when the log stamps records (its clock).
@@ -112,6 +115,11 @@ class Replicator:
         self._expire_queue: list[tuple[str, bytes]] = []
         self.tombstones_written = 0
         engine.track_deletions()
+        # A local snapshot file (--state-dir): loaded at bootstrap, written at stop.
+        self.snapshot_file = snapshot_file
+        self.topic = topic
+        self.merged_offsets: dict[int, int] = {}  # per partition: every record before merged
+        self.snapshot_keys_loaded = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -121,6 +129,8 @@ class Replicator:
         # First the clock: every state below (epochs, seal points) follows it.
         await self._probe_clock()
         self.engine.set_bootstrapping(True, self.clock())
+        if self.snapshot_file is not None:
+            await self._load_snapshot(self.snapshot_file)
         ends = await self.log.end_offsets()
         count = 0
         try:
@@ -149,6 +159,34 @@ class Replicator:
         self.metrics.bootstrap_records.set(count)
         log.info("bootstrapped from %d records in %.2fs", count, time.monotonic() - started)
         return count
+
+    async def _load_snapshot(self, path: Path) -> None:
+        """Load the state of the last graceful stop, then read the topic from its offsets."""
+        started = time.monotonic()
+        found = snapshot.read_snapshot(path, self.topic, self.log.partitions)
+        if found is None:
+            return
+        self.snapshot_keys_loaded = snapshot.load_snapshot(found, self.engine)
+        await self.log.seek(found.offsets)
+        self.merged_offsets = dict(found.offsets)
+        log.info(
+            "loaded %d keys from %s in %.2fs; reading the topic from its offsets",
+            self.snapshot_keys_loaded,
+            path,
+            time.monotonic() - started,
+        )
+
+    def write_snapshot(self) -> None:
+        """Write the state and the offsets it covers to the snapshot file (at stop)."""
+        if self.snapshot_file is None:
+            return
+        started = time.monotonic()
+        keys = snapshot.write_snapshot(
+            self.snapshot_file, self.engine, self.topic, self.log.partitions, self.merged_offsets
+        )
+        log.info(
+            "wrote %d keys to %s in %.2fs", keys, self.snapshot_file, time.monotonic() - started
+        )
 
     async def _probe_clock(self) -> None:
         """Measure the clock against the broker before deciding: publish an empty batch
@@ -184,6 +222,29 @@ class Replicator:
                 await self.flush(final=True)
         except TimeoutError:
             log.error("shutdown: %d keys could not be published", len(self._pending))
+        if self.snapshot_file is None:
+            return
+        try:
+            # Read to the end first (our own final records, mostly, skipped undecoded), so
+            # the snapshot's offsets cover them and a restart does not read them again.
+            async with asyncio.timeout(drain_timeout_s):
+                await self._read_to_end()
+        except (TimeoutError, RateLimiterError, OSError) as exc:
+            log.warning("shutdown: the snapshot covers less of the topic: %r", exc)
+        try:
+            self.write_snapshot()
+        except OSError as exc:
+            log.error("shutdown: the snapshot file could not be written: %s", exc)
+
+    async def _read_to_end(self) -> None:
+        ends = await self.log.end_offsets()
+        while True:
+            positions = await self.log.positions()
+            if all(positions.get(p, 0) >= end for p, end in ends.items()):
+                return
+            records = await self.log.fetch(0.2, FETCH_MAX_RECORDS)
+            if records:
+                await self._merge(records)
 
     # -- out -------------------------------------------------------------------
 
@@ -491,6 +552,11 @@ class Replicator:
         me = self.engine.replica
         metrics = self.metrics
         metrics.records_consumed.inc(len(records))
+        merged_offsets = self.merged_offsets
+        reached: dict[int, int] = {}
+        for record in records:
+            if record.offset >= reached.get(record.partition, -1):
+                reached[record.partition] = record.offset
         bootstrapping = self.engine.limiters_bootstrapping()
         if bootstrapping:
             records = _latest_key_records(records)
@@ -547,6 +613,9 @@ class Replicator:
                     max(written, seen.at) if seen else written, (seen.records if seen else 0) + 1
                 )
         metrics.deltas_applied.inc(applied)
+        for partition, offset in reached.items():  # every record up to these is merged
+            if offset + 1 > merged_offsets.get(partition, 0):
+                merged_offsets[partition] = offset + 1
 
 
 _SEP_BYTES = codec.SEP.encode()

@@ -81,6 +81,10 @@ class StateLog(Protocol):
         """The next offset this reader will return, per partition."""
         ...
 
+    async def seek(self, offsets: dict[int, int]) -> None:
+        """Read on from these offsets (partitions not named stay where they are)."""
+        ...
+
     async def fetch(self, timeout_s: float, max_records: int) -> list[LogRecord]:
         """Records after the current positions (possibly none once `timeout_s` passes)."""
         ...
@@ -231,6 +235,12 @@ class KafkaStateLog:
         # records read) says how far a partition has been read.
         consumer = self._reader()
         return {tp.partition: int(await consumer.position(tp)) for tp in self._tps}
+
+    async def seek(self, offsets: dict[int, int]) -> None:
+        consumer = self._reader()
+        for tp in self._tps:
+            if tp.partition in offsets:
+                consumer.seek(tp, offsets[tp.partition])
 
     async def fetch(self, timeout_s: float, max_records: int) -> list[LogRecord]:
         try:

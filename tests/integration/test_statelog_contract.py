@@ -103,6 +103,22 @@ def sample_records(tag: str, per_partition: int = 4) -> list[OutRecord]:
 
 
 class TestStateLogContract:
+    async def test_seek_reads_on_from_the_offsets_given(self, backend: Backend) -> None:
+        writer = await backend.client()
+        sent = sample_records("seek")
+        await writer.publish(sent)
+        reader = await backend.client()
+        await reader.seek({0: 2, 1: 4})  # past every record of partition 1
+
+        records = await read_to_end(reader)
+        got = by_partition(records)
+        expected = by_partition(
+            [LogRecord(r.key, r.value, r.partition, 0, 0) for r in sent if r.partition != 1]
+        )
+        assert got[0] == expected[0][2:]
+        assert 1 not in got
+        assert got[2] == expected[2]
+
     async def test_publish_returns_the_log_stamp_of_its_records(self, backend: Backend) -> None:
         log = await backend.client()
         assert log.stamps
