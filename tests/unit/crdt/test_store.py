@@ -697,7 +697,7 @@ def test_exported_state_loads_into_a_new_replica_with_the_same_views(
     old = cluster.stores[0]
     now = cluster.final_seconds()
     new = BucketStore(scenario.limit.policy, "restarted", scenario.timing)
-    rows = marshal.loads(marshal.dumps(old.export_keys()))  # noqa: S302: our own bytes
+    rows = marshal.loads(marshal.dumps(old.export_keys()))  # noqa: S302 (our own bytes)
     assert new.import_keys(rows, old.replica) == len(old)
     held = old.keys()
     for key in held:
