@@ -27,7 +27,7 @@ OK = rls_pb2.RateLimitResponse.Code.OK
 OVER = rls_pb2.RateLimitResponse.Code.OVER_LIMIT
 MINUTE = rls_pb2.RateLimitResponse.RateLimit.Unit.MINUTE
 SECOND = rls_pb2.RateLimitResponse.RateLimit.Unit.SECOND
-MONTH = rls_pb2.RateLimitResponse.RateLimit.Unit.MONTH
+YEAR = rls_pb2.RateLimitResponse.RateLimit.Unit.YEAR
 Override = ratelimit_pb2.RateLimitDescriptor.RateLimitOverride
 
 CONFIG = """
@@ -232,10 +232,10 @@ async def test_limit_overrides_only_with_the_setting(served: Served) -> None:
             [
                 descriptor(
                     ("user", "a"),
-                    limit=Override(requests_per_unit=1, unit=MONTH),
+                    limit=Override(requests_per_unit=1, unit=YEAR),
                 )
             ],
-            "descriptors[0].limit.unit: calendar unit month is not supported yet",
+            "descriptors[0].limit.unit: unit year is not supported",
         ),
     ],
 )

@@ -180,19 +180,19 @@ def bad(document: dict[str, Any]) -> str:
             {
                 "domain": "d",
                 "descriptors": [
-                    {"key": "a", "rate_limit": {"unit": "week", "requests_per_unit": 1}}
+                    {"key": "a", "rate_limit": {"unit": "year", "requests_per_unit": 1}}
                 ],
             },
-            "descriptors[0].rate_limit.unit: calendar unit 'week' is not supported yet",
+            "descriptors[0].rate_limit.unit: unit 'year' is not supported",
         ),
         (
             {
                 "domain": "d",
                 "descriptors": [
-                    {"key": "a", "rate_limit": {"unit": "Month", "requests_per_unit": 1}}
+                    {"key": "a", "rate_limit": {"unit": "Year", "requests_per_unit": 1}}
                 ],
             },
-            "descriptors[0].rate_limit.unit: calendar unit 'Month'",
+            "descriptors[0].rate_limit.unit: unit 'Year' is not supported",
         ),
         ({"descriptors": []}, "domain: required"),
         ({"domain": "d", "descriptors": [{"value": "x"}]}, "descriptors[0].key: required"),
