@@ -25,11 +25,9 @@ def at(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() - ORIGIN
 
 
-def quota(limit: int, period: str = "month", replica: str = "r0", **kw: int) -> WindowStore:
+def quota(limit: int, period: str = "month", replica: str = "r0") -> WindowStore:
     """A calendar limiter as a node builds it."""
-    store = make_limiter(
-        "calendar", replica, rate=1.0, burst=limit, period=period, origin=ORIGIN, **kw
-    )
+    store = make_limiter("calendar", replica, rate=1.0, burst=limit, period=period, origin=ORIGIN)
     assert isinstance(store, WindowStore)
     return store
 
