@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from service.errors import ConfigError, UnknownRule
+from service.rules.codec import encode_rule
 from service.rules.document import load_rules, parse_rules
 from service.rules.model import DEFAULT_RULE, Rule, default_rule
 
@@ -206,6 +207,11 @@ def test_rules_without_a_period_keep_their_limits_and_wire_digests() -> None:
     rules = parse_rules(yaml.safe_load(DOCUMENT), FALLBACK)
     assert rules.get("exports").limits == ("sliding_window", None, None, 100, 60.0)
     assert rules.get("partners").limits == ("token_bucket", 100.0, 200, None, None)
+    # Rules topic records of such rules stay readable by nodes that know no `period`.
+    assert b"period" not in encode_rule(rules.get("exports"))
+    assert b'"period":"month"' in encode_rule(
+        parse_rules(yaml.safe_load(CALENDAR), FALLBACK).get("monthly")
+    )
 
 
 @pytest.mark.parametrize(
