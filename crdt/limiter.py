@@ -7,12 +7,17 @@ from typing import Any, Literal, Protocol
 
 from crdt.delta import Delta
 from crdt.errors import InvalidParameter
+from crdt.periods import PERIOD_SECONDS, CalendarPeriods
 from crdt.policy import BucketPolicy, SyncTiming, WindowPolicy
 from crdt.store import BucketStore, KeyBudget, KeyView, StoreStats
 from crdt.windows import WindowStore
 
 Algorithm = Literal["token_bucket", "sliding_window", "fixed_window"]
 ALGORITHMS: tuple[Algorithm, ...] = ("token_bucket", "sliding_window", "fixed_window")
+# Calendar quotas (a limit per UTC minute, hour, day, week or month) are rule algorithms
+# but not a node's default: they need a period besides the limit.
+RuleAlgorithm = Literal[Algorithm, "calendar"]
+RULE_ALGORITHMS: tuple[RuleAlgorithm, ...] = (*ALGORITHMS, "calendar")
 
 
 class Limiter(Protocol):
@@ -102,8 +107,8 @@ def timing(limiter: Limiter, key: str, result: float, cost: int, now: float) -> 
     assert isinstance(limiter, WindowStore)
     window = limiter.policy.window
     limit = limiter.policy.limit
-    end = (math.floor(now / window) + 1) * window
-    reset = end - now
+    periods = limiter.periods
+    reset = periods.end(periods.index(now)) - now
     if result >= 0:
         return 0.0, reset
     if cost > limit:
@@ -136,9 +141,12 @@ def make_limiter(
     timing_: SyncTiming | None = None,
     max_keys: int = 1_000_000,
     budget: KeyBudget | None = None,
+    period: str | None = None,
+    origin: float | None = None,
 ) -> Limiter:
-    """A limiter by algorithm name: a bucket of `burst` refilled at `rate`/s, or a
-    window of `window` seconds admitting `burst` cost."""
+    """A limiter by algorithm name: a bucket of `burst` refilled at `rate`/s, a window of
+    `window` seconds admitting `burst` cost, or (`calendar`) `burst` cost per UTC calendar
+    `period` on a clock counting seconds from the Unix time `origin`."""
     if algorithm == "token_bucket":
         return BucketStore(BucketPolicy(rate, burst), replica, timing_, max_keys, budget)
     if algorithm in ("sliding_window", "fixed_window"):
@@ -149,4 +157,16 @@ def make_limiter(
             max_keys=max_keys,
             budget=budget,
         )
-    raise InvalidParameter(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")
+    if algorithm == "calendar":
+        if period is None or origin is None:
+            raise InvalidParameter("a calendar limiter needs a period and the clock's origin")
+        periods = CalendarPeriods(period, origin)
+        return WindowStore(
+            WindowPolicy(burst, PERIOD_SECONDS[period]),
+            replica,
+            sliding=False,
+            max_keys=max_keys,
+            budget=budget,
+            periods=periods,
+        )
+    raise InvalidParameter(f"unknown algorithm {algorithm!r}; choose one of {RULE_ALGORITHMS}")

@@ -1,7 +1,8 @@
-"""Fixed-window and sliding-window counters over the same per-replica cells as the bucket.
+"""Fixed-window, sliding-window and calendar counters over the same per-replica cells as the bucket.
 
-Each window index w (now // window) holds one G-counter cell per replica (with refunds as
-a second cell), shipped as absolute values in the same Delta/Entry shape as the bucket
+Each window index w (`periods.index(now)`: now // window, or a UTC calendar period such
+as the month, see crdt.periods) holds one G-counter cell per replica (with refunds as a
+second cell), shipped as absolute values in the same Delta/Entry shape as the bucket
 (`floor` is unused and sent as 0.0). Only the current and previous windows matter for a
 decision, so older windows are dropped; cells that arrive for them change nothing.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
+from crdt.periods import FixedPeriods, Periods
 from crdt.policy import WindowPolicy, finite_time, positive_int
 from crdt.store import KeyBudget, KeyView, StoreStats
 
@@ -61,7 +63,11 @@ class WindowState:
 
 
 class WindowStore:
-    """Fixed or sliding window limits for many keys, owned by one replica."""
+    """Fixed or sliding window limits for many keys, owned by one replica.
+
+    Windows are `policy.window` seconds wide unless `periods` numbers them otherwise
+    (calendar periods of variable length); `policy.limit` applies to each.
+    """
 
     def __init__(
         self,
@@ -71,10 +77,15 @@ class WindowStore:
         sliding: bool,
         max_keys: int = 1_000_000,
         budget: KeyBudget | None = None,
+        periods: Periods | None = None,
     ) -> None:
         if not replica:
             raise InvalidParameter("replica id must be a non-empty string")
         self.policy = policy
+        self.periods = periods if periods is not None else FixedPeriods(policy.window)
+        self._index = self.periods.index
+        # Fixed widths inline their arithmetic: this runs twice per decision.
+        self._width = self.periods.width if isinstance(self.periods, FixedPeriods) else 0.0
         self.replica = replica
         self.sliding = sliding
         self.max_keys = positive_int("max_keys", max_keys)
@@ -91,7 +102,8 @@ class WindowStore:
         self.deleted: list[str] | None = None  # as BucketStore.deleted
 
     def _window(self, now: float) -> int:
-        return int(finite_time("now", now) // self.policy.window)
+        now = finite_time("now", now)
+        return int(now // self._width) if self._width else self._index(now)
 
     def _count(self, st: WindowState, now: float) -> float:
         # Read-only: the state may still hold an older window as current.
@@ -109,7 +121,8 @@ class WindowStore:
             cur, prev = 0, 0
         if not self.sliding:
             return float(cur)
-        weight = 1.0 - (now - w * self.policy.window) / self.policy.window
+        start = self.periods.start(w)
+        weight = 1.0 - (now - start) / (self.periods.end(w) - start)
         return cur + prev * max(weight, 0.0)
 
     def _state(self, key: str, now: float) -> WindowState | None:
@@ -236,7 +249,7 @@ class WindowStore:
             for r, (p, n) in cells.items():
                 totals[r] = totals.get(r, 0) + p - n
         contributions = {r: v for r, v in sorted(totals.items()) if v}
-        end = (self._window(now) + 1) * self.policy.window
+        end = self.periods.end(self._window(now))
         return KeyView(
             key,
             self.policy.limit - self._count(st, now),
@@ -248,7 +261,11 @@ class WindowStore:
 
     def sweep(self, now: float, budget: int = 10_000) -> int:
         """Delete keys whose windows are all too old to matter, visiting at most `budget`
-        keys; successive calls continue where the last one stopped."""
+        keys; successive calls continue where the last one stopped.
+
+        Windows are compared by index, never by width: a key whose month is still running
+        (or just ended) is kept, whatever the month's length.
+        """
         w = self._window(now)
         if self._evicted_own:
             self._evicted_own = {k: v for k, v in self._evicted_own.items() if v[0] >= w}

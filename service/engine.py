@@ -13,7 +13,7 @@ from crdt.delta import Delta
 from crdt.limiter import Limiter, make_limiter, timing
 from crdt.policy import SyncTiming
 from crdt.store import KeyBudget, KeyView
-from service.clock import Clock
+from service.clock import ORIGIN, Clock
 from service.errors import BadRequest, UnknownRule
 from service.rules.model import RULE_NAME_MAX, Rule, RuleSet
 from service.rules.override import OVERRIDE_PREFIX, rule_of_override
@@ -167,6 +167,8 @@ class Engine:
             timing_=self.sync_timing,
             max_keys=self.max_keys,
             budget=self.key_budget,
+            period=rule.period,
+            origin=ORIGIN,  # calendar periods are UTC: the clock counts from ORIGIN
         )
         if self._track_deletions:
             limiter.deleted = []

@@ -12,7 +12,7 @@ from types import TracebackType
 from pydantic import ValidationError
 
 from crdt.limiter import Limiter, make_limiter, timing
-from service.clock import Clock
+from service.clock import ORIGIN, Clock
 from service.engine import Check, Decision, Engine
 from service.errors import BrokerError, RateLimiterError, TopicConfigMismatch, Unavailable
 from service.metrics import Metrics
@@ -372,6 +372,8 @@ class Node:
                 burst=max(1, rule.capacity // n),
                 window=rule.window_s or 1.0,
                 max_keys=self.settings.max_keys,
+                period=rule.period,
+                origin=ORIGIN,
             )
             self._share[rule.name] = store
             log.warning("broker unreachable: fail mode share, this node takes 1/%d of limits", n)

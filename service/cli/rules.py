@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import yaml
 
+from crdt.limiter import RULE_ALGORITHMS
+from crdt.periods import CALENDAR_UNITS
 from service.errors import ConfigError, UnknownRule
 from service.rules.envoy import parse_envoy
 from service.rules.log import Changes, read_rules, write_rules
@@ -26,6 +28,7 @@ _RULE_FLAGS = {
     "burst": "burst",
     "limit": "limit",
     "window_s": "window_s",
+    "period": "period",
     "prefix": "prefix",
     "tier": "tier",
 }
@@ -37,11 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     put = actions.add_parser("put", help="create or replace a rule (validated before writing)")
     put.add_argument("name", help="rule name; `default` changes the default rule")
     put.add_argument("--json", dest="document", help="the rule as a JSON object")
-    put.add_argument("--algorithm", choices=("token_bucket", "sliding_window", "fixed_window"))
+    put.add_argument("--algorithm", choices=RULE_ALGORITHMS)
     put.add_argument("--rate", type=float, help="tokens per second (token_bucket)")
     put.add_argument("--burst", type=int, help="bucket capacity (token_bucket)")
     put.add_argument("--limit", type=int, help="cost per window (window algorithms)")
     put.add_argument("--window-s", dest="window_s", type=float, help="window seconds")
+    put.add_argument("--period", choices=CALENDAR_UNITS, help="UTC calendar period (calendar)")
     put.add_argument("--prefix", help="applies to user ids starting with this")
     put.add_argument("--tier", help="applies to requests with this X-User-Tier")
     put.add_argument(
@@ -95,6 +99,8 @@ def rule_from_args(args: argparse.Namespace) -> Rule:
 def _describe(rule: Rule) -> str:
     if rule.algorithm == "token_bucket":
         limits = f"rate={rule.rate:g}/s burst={rule.burst}"
+    elif rule.period is not None:
+        limits = f"limit={rule.limit} per {rule.period}"
     else:
         limits = f"limit={rule.limit} per {rule.window_s:g}s"
     match = f"prefix={rule.prefix!r}" if rule.prefix else f"tier={rule.tier!r}" if rule.tier else ""

@@ -10,7 +10,8 @@ A descriptor without a rule, `unlimited`, or a rule without `rate_limit` is OK w
 counting (`limit_remaining` is 2^32-1 for `unlimited`, as in Envoy ratelimit); a rule
 replaced (`replaces`) by another matching one is OK and not counted; `requests_per_unit:
 0` is always over the limit. A descriptor's own `limit` replaces its rule only with
---allow-limit-override (a fixed window per unit, shared by every node seeing it).
+--allow-limit-override (a fixed window per unit, or a calendar quota per week or month,
+shared by every node seeing it).
 """
 
 from __future__ import annotations

@@ -14,14 +14,14 @@ from service.engine import validate_key
 from service.errors import BadRequest
 from service.http.contract import MAX_COST
 from service.rules.descriptor_index import limit_key
-from service.rules.override import CALENDAR_UNITS, UNIT_SECONDS
+from service.rules.override import UNIT_SECONDS
 
 MAX_DESCRIPTORS = 64  # in one request
 MAX_ENTRIES = 16  # in one descriptor (configured descriptors nest at most this deep)
 # RateLimitResponse.RateLimit.Unit numbers (rls.proto) by name, and back.
-UNITS = {"second": 1, "minute": 2, "hour": 3, "day": 4}
+UNITS = {"second": 1, "minute": 2, "hour": 3, "day": 4, "week": 7, "month": 5}
 UNIT_NAMES = {number: name for name, number in UNITS.items()}
-CALENDAR_NUMBERS = {7: "week", 5: "month", 6: "year"}
+REFUSED_NUMBERS = {6: "year"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +81,10 @@ def _override(descriptor: Any, where: str) -> Override:
     limit = descriptor.limit
     unit = UNIT_NAMES.get(limit.unit)
     if unit is None:
-        if limit.unit in CALENDAR_NUMBERS:
+        if limit.unit in REFUSED_NUMBERS:
             raise BadRequest(
-                f"{where}.limit.unit: calendar unit {CALENDAR_NUMBERS[limit.unit]} is not "
-                f"supported yet ({', '.join(UNIT_SECONDS)})"
+                f"{where}.limit.unit: unit {REFUSED_NUMBERS[limit.unit]} is not "
+                f"supported ({', '.join(UNIT_SECONDS)})"
             )
         raise BadRequest(f"{where}.limit.unit: give one of {', '.join(UNIT_SECONDS)}")
-    assert unit not in CALENDAR_UNITS
     return Override(unit, int(limit.requests_per_unit))

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Unit = Literal["second", "minute", "hour", "day"]
+Unit = Literal["second", "minute", "hour", "day", "week", "month"]
 MAX_DEPTH = 16  # nested descriptor levels
 MAX_NAME = 128  # a domain, an entry key
 MAX_VALUE = 256  # an entry value

@@ -6,13 +6,14 @@ hold our own rules:
 
 - `rate_limit {unit, requests_per_unit}`: a fixed window of `requests_per_unit` per UTC
   second, minute, hour or day (Envoy ratelimit's own semantics: the count resets at the
-  boundary of the unit). `requests_per_unit: 0` denies every request.
+  boundary of the unit), or a calendar quota per ISO week (from Monday 00:00 UTC) or
+  calendar month. `requests_per_unit: 0` denies every request.
 - `rate_limit {unlimited: true}` and descriptors without `rate_limit` answer OK without
   counting (the latter also hold nested descriptors, or allow a value explicitly).
 - `shadow_mode: true`: counted, never denied. `rate_limit.name` and `replaces: [{name}]`:
   a matching rule that replaces another named one drops it from the decision.
-- `detailed_metric` is accepted and ignored. Calendar units (week, month, year) are
-  refused for now. Any other field, or a bad value, is refused with its path, e.g.
+- `detailed_metric` is accepted and ignored. The unit `year` is refused. Any other field,
+  or a bad value, is refused with its path, e.g.
   `descriptors[0].descriptors[1].rate_limit.unit: unknown unit 'fortnight'`.
 """
 
@@ -26,8 +27,8 @@ from service.errors import ConfigError
 from service.rules.descriptor import MAX_DEPTH, MAX_NAME, MAX_VALUE, EnvoyDescriptor
 from service.rules.model import RULE_NAME_MAX, Rule
 from service.rules.override import (
-    CALENDAR_UNITS,
     MAX_REQUESTS_PER_UNIT,
+    REFUSED_UNITS,
     UNIT_SECONDS,
     window_rule,
 )
@@ -39,6 +40,7 @@ _DESCRIPTOR = frozenset(
 _RATE_LIMIT = frozenset({"unit", "requests_per_unit", "unlimited", "name", "replaces"})
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 NO_LIMIT = 10**12  # the window of rules that never count (unlimited, no rate_limit)
+_UNITS = ", ".join(UNIT_SECONDS)
 
 
 def is_envoy_document(data: Any) -> bool:
@@ -151,16 +153,14 @@ def _rate_limit(data: Any, where: str) -> dict[str, Any]:
 
 def _unit(value: Any, where: str) -> str:
     if value is None:
-        raise _Invalid(where, "required (second, minute, hour or day)")
+        raise _Invalid(where, f"required ({_UNITS})")
     if not isinstance(value, str):
         raise _Invalid(where, f"expected a unit name, got {value!r}")
     unit = value.lower()
-    if unit in CALENDAR_UNITS:
-        raise _Invalid(
-            where, f"calendar unit {value!r} is not supported yet (second, minute, hour, day)"
-        )
+    if unit in REFUSED_UNITS:
+        raise _Invalid(where, f"unit {value!r} is not supported ({_UNITS})")
     if unit not in UNIT_SECONDS:
-        raise _Invalid(where, f"unknown unit {value!r} (second, minute, hour or day)")
+        raise _Invalid(where, f"unknown unit {value!r} ({_UNITS})")
     return unit
 
 

@@ -7,7 +7,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from crdt.limiter import Algorithm
+from crdt.limiter import RuleAlgorithm
+from crdt.periods import PERIOD_SECONDS, CalendarUnit
 from crdt.policy import bucket_problem, window_problem
 from service.errors import ConfigError, UnknownRule
 from service.rules.descriptor import EnvoyDescriptor
@@ -25,16 +26,18 @@ class InvalidRule(ConfigError):
 
 
 class Rule(BaseModel):
-    """One limit: a token bucket (rate, burst) or a window (limit per window_s)."""
+    """One limit: a token bucket (rate, burst), a window (limit per window_s) or a
+    calendar quota (limit per UTC minute, hour, day, week or month: `period`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=RULE_NAME)
-    algorithm: Algorithm = "token_bucket"
+    algorithm: RuleAlgorithm = "token_bucket"
     rate: float | None = Field(None, gt=0, allow_inf_nan=False)
     burst: int | None = Field(None, ge=1, le=10**12)
     limit: int | None = Field(None, ge=1, le=10**12)
     window_s: float | None = Field(None, gt=0, le=86_400 * 366, allow_inf_nan=False)
+    period: CalendarUnit | None = None  # of calendar rules
     prefix: str | None = Field(None, min_length=1, max_length=256)
     tier: str | None = Field(None, min_length=1, max_length=64)
     shadow: bool = False
@@ -43,6 +46,8 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _shape(self) -> Self:
+        if self.algorithm != "calendar" and self.period is not None:
+            raise ValueError("period belongs to calendar rules")
         if self.algorithm == "token_bucket":
             if self.rate is None or self.burst is None:
                 raise ValueError("a token_bucket rule needs rate and burst")
@@ -50,6 +55,12 @@ class Rule(BaseModel):
                 raise ValueError("limit and window_s belong to window rules")
             # Every header, epoch and floor derived from the rule must stay finite.
             problem = bucket_problem(self.rate, self.burst)
+        elif self.algorithm == "calendar":
+            if self.limit is None or self.period is None:
+                raise ValueError("a calendar rule needs limit and period")
+            if self.rate is not None or self.burst is not None or self.window_s is not None:
+                raise ValueError("a calendar rule takes limit and period only")
+            problem = window_problem(PERIOD_SECONDS[self.period])
         else:
             if self.limit is None or self.window_s is None:
                 raise ValueError(f"a {self.algorithm} rule needs limit and window_s")
@@ -63,9 +74,12 @@ class Rule(BaseModel):
         return self
 
     @property
-    def limits(self) -> tuple[str, float | None, int | None, int | None, float | None]:
+    def limits(self) -> tuple[str | float | int | None, ...]:
         """What the limiter's state depends on (matching and shadow do not)."""
-        return (self.algorithm, self.rate, self.burst, self.limit, self.window_s)
+        limits = (self.algorithm, self.rate, self.burst, self.limit, self.window_s)
+        # Only calendar rules add their period: other rules keep the digest in their wire
+        # names (service.engine.wire_name) that nodes of earlier versions compute.
+        return limits if self.period is None else (*limits, self.period)
 
     @property
     def capacity(self) -> int:
@@ -76,7 +90,10 @@ class Rule(BaseModel):
 
     @property
     def window(self) -> float:
-        """Seconds over which `capacity` is granted (a bucket refills fully in burst/rate)."""
+        """Seconds over which `capacity` is granted (a bucket refills fully in burst/rate;
+        a calendar period is stated at its longest, 31 days for a month)."""
+        if self.period is not None:
+            return float(PERIOD_SECONDS[self.period])
         if self.algorithm == "token_bucket":
             assert self.rate is not None
             assert self.burst is not None

@@ -1,28 +1,52 @@
 """Limits given with a request (Envoy's per-descriptor `limit`), as rules named by their limits.
 
-An override is a fixed window of `requests_per_unit` per unit. Its rule name (and so its
-name in state records) is a function of the limits alone, `override.<unit>.<n>`, so every
-node that sees a request with the same override, or a peer's record of one, shares one
-budget for it without any rule being written anywhere.
+An override is a fixed window of `requests_per_unit` per second, minute, hour or day, or a
+calendar quota per UTC week or month. Its rule name (and so its name in state records) is a
+function of the limits alone, `override.<unit>.<n>`, so every node that sees a request with
+the same override, or a peer's record of one, shares one budget for it without any rule
+being written anywhere.
 """
 
 from __future__ import annotations
 
 import re
 
+from crdt.periods import PERIOD_SECONDS
 from service.rules.model import Rule
 
-UNIT_SECONDS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3_600, "day": 86_400}
-CALENDAR_UNITS = ("week", "month", "year")  # Envoy's calendar units: not supported yet
+FIXED_UNITS = ("second", "minute", "hour", "day")  # fixed windows from the clock's origin
+CALENDAR_UNITS = ("week", "month")  # calendar quotas: ISO weeks, calendar months (UTC)
+REFUSED_UNITS = ("year",)  # Envoy's unit not offered (a key would be held for two years)
+# Seconds a unit states as its window (RateLimit-Policy w=): a month at its longest.
+UNIT_SECONDS: dict[str, int] = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3_600,
+    "day": 86_400,
+    "week": PERIOD_SECONDS["week"],
+    "month": PERIOD_SECONDS["month"],
+}
 OVERRIDE_PREFIX = "override."
 MAX_REQUESTS_PER_UNIT = 2**32 - 1  # Envoy's requests_per_unit is a uint32
-_OVERRIDE = re.compile(r"^override\.(second|minute|hour|day)\.([1-9][0-9]{0,9})$")
+_OVERRIDE = re.compile(r"^override\.(second|minute|hour|day|week|month)\.([1-9][0-9]{0,9})$")
 
 
 def window_rule(
     name: str, unit: str, requests_per_unit: int, *, shadow: bool = False, **extra: object
 ) -> Rule:
-    """A fixed window of `requests_per_unit` (>= 1) per `unit` (second, minute, hour, day)."""
+    """A fixed window of `requests_per_unit` (>= 1) per `unit` (second, minute, hour, day),
+    or a calendar quota per `unit` week or month (resetting at the UTC boundary)."""
+    if unit in CALENDAR_UNITS:
+        return Rule.model_validate(
+            {
+                "name": name,
+                "algorithm": "calendar",
+                "limit": requests_per_unit,
+                "period": unit,
+                "shadow": shadow,
+                **extra,
+            }
+        )
     return Rule.model_validate(
         {
             "name": name,

@@ -28,6 +28,8 @@ OVER = rls_pb2.RateLimitResponse.Code.OVER_LIMIT
 MINUTE = rls_pb2.RateLimitResponse.RateLimit.Unit.MINUTE
 SECOND = rls_pb2.RateLimitResponse.RateLimit.Unit.SECOND
 MONTH = rls_pb2.RateLimitResponse.RateLimit.Unit.MONTH
+WEEK = rls_pb2.RateLimitResponse.RateLimit.Unit.WEEK
+YEAR = rls_pb2.RateLimitResponse.RateLimit.Unit.YEAR
 Override = ratelimit_pb2.RateLimitDescriptor.RateLimitOverride
 
 CONFIG = """
@@ -211,6 +213,29 @@ async def test_limit_overrides_only_with_the_setting(served: Served) -> None:
         ].limit_remaining == 2
 
 
+async def test_month_and_week_overrides_reset_at_the_calendar_boundary() -> None:
+    twice_a_month = Override(requests_per_unit=2, unit=MONTH)
+    async for served in serve(allow_override=True):
+        # The clock is at 2025-01-01T00:20:00Z: the month ends in 31 days less 20 minutes.
+        answers = [
+            await ask(served, [descriptor(("user", "mo"), limit=twice_a_month)]) for _ in range(3)
+        ]
+        assert [a.overall_code for a in answers] == [OK, OK, OVER]
+        status = answers[-1].statuses[0]
+        assert (status.current_limit.requests_per_unit, status.current_limit.unit) == (2, MONTH)
+        assert status.duration_until_reset.ToMilliseconds() == (31 * 86_400 - 1_200) * 1000
+        assert headers(answers[-1])["ratelimit-policy"] == '"override.month.2";q=2;w=2678400'
+        served.clock.t = 31 * 86_400.0  # February 1st
+        again = await ask(served, [descriptor(("user", "mo"), limit=twice_a_month)])
+        assert again.overall_code == OK
+        # 2025-02-01 is a Saturday: a weekly limit resets on Monday the 3rd.
+        weekly = Override(requests_per_unit=1, unit=WEEK)
+        answers = [await ask(served, [descriptor(("user", "wk"), limit=weekly)]) for _ in range(2)]
+        assert [a.overall_code for a in answers] == [OK, OVER]
+        reset = answers[-1].statuses[0].duration_until_reset.ToMilliseconds()
+        assert reset == 2 * 86_400 * 1000
+
+
 @pytest.mark.parametrize(
     ("domain", "descriptors", "message"),
     [
@@ -232,10 +257,10 @@ async def test_limit_overrides_only_with_the_setting(served: Served) -> None:
             [
                 descriptor(
                     ("user", "a"),
-                    limit=Override(requests_per_unit=1, unit=MONTH),
+                    limit=Override(requests_per_unit=1, unit=YEAR),
                 )
             ],
-            "descriptors[0].limit.unit: calendar unit month is not supported yet",
+            "descriptors[0].limit.unit: unit year is not supported",
         ),
     ],
 )

@@ -180,19 +180,19 @@ def bad(document: dict[str, Any]) -> str:
             {
                 "domain": "d",
                 "descriptors": [
-                    {"key": "a", "rate_limit": {"unit": "week", "requests_per_unit": 1}}
+                    {"key": "a", "rate_limit": {"unit": "year", "requests_per_unit": 1}}
                 ],
             },
-            "descriptors[0].rate_limit.unit: calendar unit 'week' is not supported yet",
+            "descriptors[0].rate_limit.unit: unit 'year' is not supported",
         ),
         (
             {
                 "domain": "d",
                 "descriptors": [
-                    {"key": "a", "rate_limit": {"unit": "Month", "requests_per_unit": 1}}
+                    {"key": "a", "rate_limit": {"unit": "Year", "requests_per_unit": 1}}
                 ],
             },
-            "descriptors[0].rate_limit.unit: calendar unit 'Month'",
+            "descriptors[0].rate_limit.unit: unit 'Year' is not supported",
         ),
         ({"descriptors": []}, "domain: required"),
         ({"domain": "d", "descriptors": [{"value": "x"}]}, "descriptors[0].key: required"),
@@ -295,3 +295,37 @@ def test_long_or_unusual_places_get_valid_unique_names() -> None:
     assert len(set(names)) == 4
     RuleSet(default=FALLBACK, rules=tuple(rules))  # valid names, no duplicates
     assert all(isinstance(rule, Rule) and len(rule.name) <= 64 for rule in rules)
+
+
+CALENDAR_CONFIG = """
+domain: billing
+descriptors:
+  - key: plan
+    value: free
+    rate_limit: {unit: month, requests_per_unit: 1000}
+  - key: plan
+    value: team
+    rate_limit: {unit: WEEK, requests_per_unit: 5000}
+  - key: plan
+    value: burst
+    rate_limit: {unit: day, requests_per_unit: 100}
+"""
+
+
+def parse_rules_text(text: str) -> RuleSet:
+    rules = parse_envoy([yaml.safe_load(text)])
+    return RuleSet(default=FALLBACK, rules=tuple(rules))
+
+
+def test_week_and_month_units_are_calendar_quotas() -> None:
+    index = DescriptorIndex(parse_rules_text(CALENDAR_CONFIG))
+    free = found(index, "billing", ("plan", "free"))
+    team = found(index, "billing", ("plan", "team"))
+    day = found(index, "billing", ("plan", "burst"))
+    assert (free.algorithm, free.period, free.limit) == ("calendar", "month", 1000)
+    assert (team.algorithm, team.period, team.limit) == ("calendar", "week", 5000)
+    assert (place(free).unit, place(team).unit) == ("month", "week")
+    # Units of fixed length stay fixed windows (their wire names are unchanged).
+    assert (day.algorithm, day.window_s, day.period) == ("fixed_window", 86_400.0, None)
+    for rule in (free, team):
+        assert decode_rule(RuleRecord(rule.name.encode(), encode_rule(rule))) == (rule.name, rule)

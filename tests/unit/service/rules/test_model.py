@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from service.errors import ConfigError, UnknownRule
+from service.rules.codec import encode_rule
 from service.rules.document import load_rules, parse_rules
 from service.rules.model import DEFAULT_RULE, Rule, default_rule
 
@@ -181,3 +182,62 @@ def test_rules_are_frozen() -> None:
 
     with pytest.raises(ValueError, match="frozen"):
         rule.rate = 2  # type: ignore[misc]
+
+
+CALENDAR = """
+rules:
+  - {name: monthly, prefix: "m-", algorithm: calendar, period: month, limit: 10000}
+  - {name: weekly, algorithm: calendar, period: week, limit: 500, shadow: true}
+"""
+
+
+def test_calendar_rules_state_their_period_at_its_longest() -> None:
+    rules = parse_rules(yaml.safe_load(CALENDAR), FALLBACK)
+    monthly = rules.get("monthly")
+    assert (monthly.algorithm, monthly.period, monthly.capacity) == ("calendar", "month", 10000)
+    assert monthly.window == 31 * 86_400  # RateLimit-Policy w=, never a decision's reset
+    assert rules.get("weekly").window == 7 * 86_400
+    assert rules.match("m-alice").name == "monthly"
+    # The period is part of the limits (a changed period is a new budget) ...
+    assert monthly.limits[-1] == "month"
+
+
+def test_rules_without_a_period_keep_their_limits_and_wire_digests() -> None:
+    # ... and other rules' limits stay what earlier nodes digest into wire names.
+    rules = parse_rules(yaml.safe_load(DOCUMENT), FALLBACK)
+    assert rules.get("exports").limits == ("sliding_window", None, None, 100, 60.0)
+    assert rules.get("partners").limits == ("token_bucket", 100.0, 200, None, None)
+    # Rules topic records of such rules stay readable by nodes that know no `period`.
+    assert b"period" not in encode_rule(rules.get("exports"))
+    assert b'"period":"month"' in encode_rule(
+        parse_rules(yaml.safe_load(CALENDAR), FALLBACK).get("monthly")
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ({"algorithm": "calendar", "limit": 5}, "a calendar rule needs limit and period"),
+        ({"algorithm": "calendar", "period": "month"}, "a calendar rule needs limit and period"),
+        (
+            {"algorithm": "calendar", "period": "month", "limit": 5, "window_s": 60},
+            "a calendar rule takes limit and period only",
+        ),
+        (
+            {"algorithm": "calendar", "period": "month", "limit": 5, "rate": 1, "burst": 1},
+            "a calendar rule takes limit and period only",
+        ),
+        ({"algorithm": "calendar", "period": "year", "limit": 5}, "rules.0.period"),
+        ({"algorithm": "calendar", "period": "month", "limit": 0}, "rules.0.limit"),
+        ({"algorithm": "calendar", "period": "month", "limit": 10**13}, "rules.0.limit"),
+        (
+            {"algorithm": "fixed_window", "limit": 5, "window_s": 60, "period": "month"},
+            "period belongs to calendar rules",
+        ),
+        ({"rate": 1, "burst": 1, "period": "day"}, "period belongs to calendar rules"),
+    ],
+)
+def test_bad_calendar_rules_are_explained(rule: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_rules({"rules": [{"name": "c", **rule}]}, FALLBACK)
+    assert expected in str(caught.value)
