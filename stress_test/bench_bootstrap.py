@@ -95,12 +95,14 @@ async def write_state(kafka: str, topic: str, users: int, shape: str) -> dict[st
     }
 
 
-def read_state(bench: Bench, topic: str, args: list[str], name: str) -> dict[str, Any]:
+def read_state(
+    bench: Bench, topic: str, args: list[str], name: str, port: int | None = None
+) -> dict[str, Any]:
     """Start a node on `topic`: spawn to /readyz 200, and its bootstrap metrics."""
     profile: dict[str, Any] = {}
     started = time.monotonic()
     reader = NodeProcess(
-        name, free_port(), bench.kafka(), [*args, "--topic", topic], bench.work_dir
+        name, port or free_port(), bench.kafka(), [*args, "--topic", topic], bench.work_dir
     )
     try:
         with profiled(pid_of(reader.start()), bench.args.profile, name, profile):
@@ -109,6 +111,7 @@ def read_state(bench: Bench, topic: str, args: list[str], name: str) -> dict[str
         samples = scrape(reader.url)
     finally:
         reader.stop()
+    stopped = time.monotonic()
     seconds = total(samples, "ratelimiter_bootstrap_seconds") or 0.0
     records = total(samples, "ratelimiter_bootstrap_records") or 0.0
     deltas = total(samples, "ratelimiter_deltas_applied_total") or 0.0
@@ -120,7 +123,23 @@ def read_state(bench: Bench, topic: str, args: list[str], name: str) -> dict[str
         "deltas_applied": int(deltas),
         "deltas_per_s": round(deltas / seconds) if seconds else None,
         "tracked_keys_at_ready": int(total(samples, "ratelimiter_tracked_keys") or 0),
+        "stop_s": round(time.monotonic() - stopped, 2),
         **profile,
+    }
+
+
+def restart_state(bench: Bench, topic: str, args: list[str]) -> dict[str, Any]:
+    """A node with --state-dir reads `topic`, stops gracefully (writing its snapshot file),
+    and starts again: the second start is the restarted node's bootstrap."""
+    state_dir = bench.work_dir / f"state-{topic}"
+    with_state = [*args, "--state-dir", str(state_dir)]
+    first = read_state(bench, topic, with_state, "bench-restarted")
+    snapshot = next(state_dir.glob("*.snapshot"), None)
+    again = read_state(bench, topic, with_state, "bench-restarted")
+    return {
+        "first_start": first,
+        "snapshot_bytes": snapshot.stat().st_size if snapshot else None,
+        "restart": again,
     }
 
 
@@ -140,6 +159,9 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
         bench.say(f"writing {users} users' state ({shape}) to {topic} ...")
         written = asyncio.run(write_state(kafka, topic, users, shape))
         shapes[shape] = {**written, **read_state(bench, topic, args, f"bench-reader-{shape}")}
+        if shape == "as_written":
+            bench.say("restarting a node with --state-dir on the same topic ...")
+            shapes["restart_with_snapshot_file"] = restart_state(bench, topic, args)
     first = shapes["as_written"]
     return {
         "users": users,
@@ -151,5 +173,8 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
         + [
             "ready_after_s: node spawn to /readyz 200 (Python start, topic check, read to "
             "the end offsets); empty_topic_ready_after_s is the same on an empty topic",
+            "restart_with_snapshot_file: a node with --state-dir on the as_written topic, "
+            "stopped gracefully (stop_s includes writing the file), then started again: it "
+            "loads the file and reads the topic from the offsets the file records",
         ],
     }
