@@ -110,8 +110,9 @@ def read_state(
             ready_s = time.monotonic() - started
         samples = scrape(reader.url)
     finally:
-        reader.stop()
-    stopped = time.monotonic()
+        stopping = time.monotonic()
+        reader.stop(timeout_s=120)
+        stop_s = time.monotonic() - stopping
     seconds = total(samples, "ratelimiter_bootstrap_seconds") or 0.0
     records = total(samples, "ratelimiter_bootstrap_records") or 0.0
     deltas = total(samples, "ratelimiter_deltas_applied_total") or 0.0
@@ -123,7 +124,7 @@ def read_state(
         "deltas_applied": int(deltas),
         "deltas_per_s": round(deltas / seconds) if seconds else None,
         "tracked_keys_at_ready": int(total(samples, "ratelimiter_tracked_keys") or 0),
-        "stop_s": round(time.monotonic() - stopped, 2),
+        "stop_s": round(stop_s, 2),
         **profile,
     }
 
