@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from crdt.bucket import Epoch, Extra, KeyState
+from crdt.bucket import NEG_INF, Epoch, Extra, KeyState
 from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
 from crdt.policy import EPS_TIME, BucketPolicy, SyncTiming, finite_time, positive_int
@@ -503,6 +503,10 @@ class BucketStore:
             if x is None:
                 rows.append((key, st.e, st.floor, st.used, st.own))
                 continue
+            if not (x.older or x.sealed or x.late or x.own_n or x.remote_n) and x.base == NEG_INF:
+                # The common shape (peers' cells in the newest epoch only): a short row.
+                rows.append((key, st.e, st.floor, st.used, st.own, x.remote))
+                continue
             older = [(o.e, o.floor, o.cells, o.refunds, o.used) for o in x.older]
             extra = (x.remote, x.own_n, x.remote_n, older, x.sealed, x.base, x.late)
             rows.append((key, st.e, st.floor, st.used, st.own, *extra))
@@ -511,24 +515,28 @@ class BucketStore:
     def import_keys(self, rows: list[tuple[Any, ...]], writer: str) -> int:
         """Load `export_keys` rows of an earlier replica `writer` (a previous incarnation):
         its own cells become a peer's cells, so this replica starts its own from zero.
-        Keys held already are left as they are; returns the keys loaded."""
+        Keys held already are left as they are; the rows' dicts are taken over (pass a
+        fresh copy, as marshal.loads gives); returns the keys loaded."""
         keys = self._keys
         loaded = 0
-        for row in rows:
+        for row in rows:  # rows are the caller's (fresh from marshal): their dicts are kept
             key, e, floor, used, own = row[:5]
             if key in keys:
                 continue
             st = KeyState(e)
             st.floor, st.used = floor, used
-            if len(row) > 5:
+            own_n = 0
+            size = len(row)
+            if size == 6:
+                x = st.x = Extra()
+                x.remote = row[5] or None
+            elif size > 6:
                 remote, own_n, remote_n, older, sealed, base, late = row[5:]
                 x = st.x = Extra()
-                x.remote = dict(remote) if remote else None
-                x.remote_n = dict(remote_n) if remote_n else None
+                x.remote = remote or None
+                x.remote_n = remote_n or None
                 x.older = [Epoch(*o) for o in older]
-                x.sealed, x.base, x.late = dict(sealed), base, dict(late)
-            else:
-                own_n = 0
+                x.sealed, x.base, x.late = sealed, base, late
             if own or own_n:
                 x = st.extra()
                 if own:

@@ -347,9 +347,9 @@ class WindowStore:
         for key, cur, cur_cells, cur_used, prev_cells, prev_used in rows:
             if key in keys:
                 continue
-            st = WindowState(cur)
-            st.cur_cells, st.cur_used = dict(cur_cells), cur_used
-            st.prev_cells, st.prev_used = dict(prev_cells), prev_used
+            st = WindowState(cur)  # the rows' dicts are taken over, as BucketStore's
+            st.cur_cells, st.cur_used = cur_cells, cur_used
+            st.prev_cells, st.prev_used = prev_cells, prev_used
             keys[key] = st
             loaded += 1
         self.budget.used += loaded

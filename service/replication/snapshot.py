@@ -12,6 +12,7 @@ only up to its offsets.
 
 from __future__ import annotations
 
+import gc
 import logging
 import marshal
 import os
@@ -82,8 +83,14 @@ def read_snapshot(path: Path, topic: str, partitions: int) -> Snapshot | None:
     """The snapshot at `path` if it is whole and of this topic, else None (logged)."""
     try:
         with path.open("rb") as source:
-            # Our own file in the operator's --state-dir, written by write_snapshot.
-            doc = marshal.load(source)  # noqa: S302
+            collecting = gc.isenabled()
+            gc.disable()  # marshal builds millions of tuples and dicts: see load_snapshot
+            try:
+                # Our own file in the operator's --state-dir, written by write_snapshot.
+                doc = marshal.load(source)  # noqa: S302
+            finally:
+                if collecting:
+                    gc.enable()
     except FileNotFoundError:
         return None
     except (OSError, EOFError, ValueError, TypeError) as exc:
@@ -109,10 +116,18 @@ def load_snapshot(snapshot: Snapshot, engine: Engine) -> int:
     """Load the snapshot's keys into the engine's limiters kept under the same limits;
     returns the keys loaded."""
     loaded = 0
-    for name, (limits, rows) in snapshot.limiters.items():
-        limiter = engine.limiters.get(name)
-        if limiter is None or limits_of(limiter) != limits:
-            log.info("snapshot: limiter %r skipped (gone, or its limits changed)", name)
-            continue
-        loaded += limiter.import_keys(rows, snapshot.writer)
+    # Millions of long-lived objects: the cyclic GC would rescan them again and again
+    # while they are made (they hold no cycles); the node freezes its heap once ready.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for name, (limits, rows) in snapshot.limiters.items():
+            limiter = engine.limiters.get(name)
+            if limiter is None or limits_of(limiter) != limits:
+                log.info("snapshot: limiter %r skipped (gone, or its limits changed)", name)
+                continue
+            loaded += limiter.import_keys(rows, snapshot.writer)
+    finally:
+        if collecting:
+            gc.enable()
     return loaded
