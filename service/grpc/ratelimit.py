@@ -30,7 +30,7 @@ from service.http.headers import ceil_ms, policy_header, ratelimit_headers
 from service.node import Node
 from service.observability.request_id import METADATA_KEY, RequestIds
 from service.observability.request_id import current as current_request_id
-from service.observability.tracing import Tracing
+from service.observability.tracing import Tracing, grpc_status
 from service.rules.descriptor_index import DescriptorIndex
 from service.rules.model import Rule, RuleSet
 from service.rules.override import UNIT_SECONDS, override_rule
@@ -110,7 +110,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 with tracing.request(f"{SERVICE}/{METHOD}", metadata, rid, SPAN_ATTRIBUTES) as span:
                     response, failure = self._respond(request)
                     code = grpc.StatusCode.OK if failure is None else failure[0]
-                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                    grpc_status(span, code.value[0])
         finally:
             current_request_id.reset(token)
         if failure is None:

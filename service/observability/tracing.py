@@ -155,6 +155,18 @@ def http_status(span: Span, status: int) -> None:
         span.set_status(Status(StatusCode.ERROR))
 
 
+# Server faults among gRPC status codes (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+# UNAVAILABLE, DATA_LOSS): the others are the caller's, as 4xx are over HTTP.
+_GRPC_SERVER_FAULTS = frozenset({2, 4, 12, 13, 14, 15})
+
+
+def grpc_status(span: Span, code: int) -> None:
+    """Record a call's gRPC status code on its span (a server fault marks it an error)."""
+    span.set_attribute("rpc.grpc.status_code", code)
+    if code in _GRPC_SERVER_FAULTS:
+        span.set_status(Status(StatusCode.ERROR))
+
+
 def tracing_wanted(environ: Mapping[str, str]) -> bool:
     """True when an OTEL_* variable is set, unless the SDK or the trace exporter is off."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -203,8 +215,8 @@ def tracing_from_env(node_id: str, salt: bytes | None = None) -> Tracing | None:
     defaults: dict[str, AttributeValue] = {}
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         defaults["service.name"] = SERVICE_NAME
-    if "service.instance.id" not in resource.attributes:
-        defaults["service.instance.id"] = node_id
+    if "service.instance.id=" not in environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+        defaults["service.instance.id"] = node_id  # not the SDK's random one: the node's
     provider = TracerProvider(resource=resource.merge(Resource(defaults)))
     for name in _exporters(environ):
         if name == "otlp":
