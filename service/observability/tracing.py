@@ -124,7 +124,10 @@ class Tracing:
             yield span
 
     def decision(self, key: str, cost: int, rule: str, decided: Decided, start_ns: int) -> None:
-        """One decision, as a span under the current request span, from `start_ns` to now."""
+        """One decision, as a span under the current request span, from `start_ns` to now
+        (none when that request is not sampled: its children would not be either)."""
+        if not trace.get_current_span().is_recording():
+            return
         self.tracer.start_span(
             DECISION_SPAN,
             start_time=start_ns,
