@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install system run test lint typecheck pytest unit integration e2e bench clean
+.PHONY: install system tools run test lint typecheck pytest unit integration e2e bench clean
 
 # Debian packages the tests need, installed with apt when missing (as root, else with sudo):
 # Java and Maven run the real Kafka broker, Chromium renders the dashboard in the browser
@@ -40,6 +40,27 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 
 install: $(BIN)/.installed
 
+# grpcurl, a gRPC client nobody here wrote, calls ShouldRateLimit by server reflection in
+# tests/e2e/test_grpcurl.py. Built once with `go install` (Go is on every CI machine) into
+# .tools/ (ignored by git); a new version builds beside the old. When it cannot be built,
+# `make pytest` and `make e2e` go on and that test fails saying why (see GRPCURL_LOG).
+GRPCURL_VERSION := v1.9.4
+GRPCURL := $(CURDIR)/.tools/grpcurl-$(GRPCURL_VERSION)/grpcurl
+GRPCURL_LOG := $(CURDIR)/.tools/grpcurl-$(GRPCURL_VERSION).log
+export GRPCURL GRPCURL_LOG
+
+tools: $(GRPCURL)
+
+$(GRPCURL):
+	@mkdir -p $(@D)
+	@command -v go >/dev/null 2>&1 || { \
+		echo "make: Go is not installed: cannot build grpcurl $(GRPCURL_VERSION)" | tee $(GRPCURL_LOG) >&2; \
+		exit 1; }
+	@echo "make: building grpcurl $(GRPCURL_VERSION) with go install (once; log $(GRPCURL_LOG))"
+	@GOBIN=$(@D) GOTOOLCHAIN=local go install \
+		github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION) >$(GRPCURL_LOG) 2>&1 \
+		|| { tail -n 20 $(GRPCURL_LOG) >&2; echo "make: grpcurl was not built" >&2; exit 1; }
+
 ## The main job: a local Kafka broker and a 3-node cluster (one standalone node without Java).
 run: install
 	$(BIN)/ratelimiter up
@@ -57,6 +78,7 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install
+	@$(MAKE) --no-print-directory tools || echo "make: going on without grpcurl" >&2
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: install
@@ -66,6 +88,7 @@ integration: install
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 e2e: install
+	@$(MAKE) --no-print-directory tools || echo "make: going on without grpcurl" >&2
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 bench: install
@@ -73,4 +96,4 @@ bench: install
 	$(BIN)/python -m stress_test.bench_http
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .tools

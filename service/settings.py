@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # unset: off. A descriptor's own `limit` is honoured only with allow_limit_override.
     grpc_port: int | None = Field(None, ge=0, le=65535)
     allow_limit_override: bool = False
+    # Tracing (on when an OTEL_* variable is set) shows keys as sha256(salt + key): with
+    # the same salt on every node one key hashes alike across the fleet; unset, each
+    # process draws its own.
+    trace_key_salt: SecretStr | None = None
     max_buffered_keys: int = Field(1_000_000, ge=1)
     publish_timeout_ms: float = Field(2000.0, gt=0, le=120_000, allow_inf_nan=False)
     # Records of writers (process incarnations) silent this long are tombstoned by the

@@ -9,7 +9,12 @@ import logging
 import uvicorn
 
 from service.http.app import create_asgi
+from service.observability.request_id import RequestIdFilter
 from service.settings import Settings, load_settings
+
+# [request id]: the X-Request-ID (or gRPC x-request-id) of the request being handled, "-"
+# outside any request.
+LOG_FORMAT = "%(asctime)s {node_id} %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 
 
 class OncePer(logging.Filter):
@@ -51,18 +56,23 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
+def configure_logging(settings: Settings) -> None:
+    """One format for every logger (uvicorn's too), each line with its request id."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format=LOG_FORMAT.format(node_id=settings.node_id)
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
+        # aiokafka logs every failed reconnect (thousands a second during an outage); the
+        # node logs the outage itself: one line per kind of client message per minute.
+        handler.addFilter(OncePer(60.0, prefix="aiokafka"))
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate settings, build the app and serve it until interrupted."""
     values = {name: getattr(args, name) for name in Settings.model_fields}
     settings = load_settings(**values)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s {settings.node_id} %(levelname)s %(name)s: %(message)s",
-    )
-    # aiokafka logs every failed reconnect (thousands a second during an outage); the
-    # node logs the outage itself, so keep one line per kind of client message per minute.
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(OncePer(60.0, prefix="aiokafka"))
+    configure_logging(settings)
     # A node holds up to millions of long-lived key objects, and every flush allocates
     # many short-lived tuples: with the default threshold (700) the cyclic GC rescans
     # the long-lived heap over and over (70% of a 1M-key flush, BENCHMARKS.md). Collect
@@ -92,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's lines go through the root handler: one format
         access_log=False,
         timeout_graceful_shutdown=10,
     )

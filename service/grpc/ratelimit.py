@@ -16,6 +16,7 @@ shared by every node seeing it).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +29,19 @@ from service.errors import BadRequest, RateLimiterError, Unavailable, UnknownRul
 from service.grpc.request import UNITS, Asked, read_request
 from service.http.headers import ceil_ms, policy_header, ratelimit_headers
 from service.node import Node
+from service.observability.request_id import METADATA_KEY, RequestIds
+from service.observability.request_id import current as current_request_id
+from service.observability.tracing import Tracing, grpc_status
 from service.rules.descriptor_index import DescriptorIndex
 from service.rules.model import Rule, RuleSet
 from service.rules.override import UNIT_SECONDS, override_rule
 
 Code = rls_pb2.RateLimitResponse.Code
 MAX_UINT32 = 2**32 - 1
+SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
+METHOD = "ShouldRateLimit"
+SPAN_ATTRIBUTES = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": METHOD}
+Failure = tuple[grpc.StatusCode, str]
 NO_LIMIT = "no limit"  # no rule, a rule without rate_limit, or a replaced rule
 UNLIMITED = "unlimited"
 
@@ -64,11 +72,25 @@ Plan = Limit | str
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
-    """ShouldRateLimit over a node; follows the node's rules as they change."""
+    """ShouldRateLimit over a node; follows the node's rules as they change.
 
-    def __init__(self, node: Node, allow_limit_override: bool) -> None:
+    Every call gets a request id (its `x-request-id` metadata when usable, else a new one)
+    that is current in the log while it is answered and sent back in trailing metadata;
+    with `tracing`, the call is a span (child of a `traceparent` in its metadata) with a
+    span per decision.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        allow_limit_override: bool,
+        tracing: Tracing | None = None,
+        request_ids: RequestIds | None = None,
+    ) -> None:
         self.node = node
         self.allow_limit_override = allow_limit_override
+        self.tracing = tracing
+        self.request_ids = request_ids or RequestIds(f"{node.settings.node_id}/grpc")
         self.index = DescriptorIndex(node.rules)
         node.rules_listeners.append(self._rules_changed)
 
@@ -76,15 +98,36 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self.index = DescriptorIndex(rules)
 
     async def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # the name is gRPC's
+        metadata = context.invocation_metadata() or ()
+        rid = self.request_ids.take_metadata(metadata)
+        trailing = ((METADATA_KEY, rid),)
+        context.set_trailing_metadata(trailing)
+        token = current_request_id.set(rid)
         try:
-            return self.answer(request)
-        except (BadRequest, UnknownRule) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Unavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except RateLimiterError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            tracing = self.tracing
+            if tracing is None:
+                response, failure = self._respond(request)
+            else:
+                with tracing.request(f"{SERVICE}/{METHOD}", metadata, rid, SPAN_ATTRIBUTES) as span:
+                    response, failure = self._respond(request)
+                    code = grpc.StatusCode.OK if failure is None else failure[0]
+                    grpc_status(span, code.value[0])
+        finally:
+            current_request_id.reset(token)
+        if failure is None:
+            return response
+        await context.abort(failure[0], failure[1], trailing)
         raise AssertionError("unreachable: abort raises")
+
+    def _respond(self, request: Any) -> tuple[Any, Failure | None]:
+        try:
+            return self.answer(request), None
+        except (BadRequest, UnknownRule) as exc:
+            return None, (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Unavailable as exc:
+            return None, (grpc.StatusCode.UNAVAILABLE, str(exc))
+        except RateLimiterError as exc:
+            return None, (grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
     def answer(self, request: Any) -> Any:
         """The RateLimitResponse to a RateLimitRequest (BadRequest, Unavailable raised)."""
@@ -104,7 +147,9 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             )
             for i, limit in limits
         ]
+        started_ns = time.time_ns()
         decided = dict(zip((i for i, _ in limits), self.node.decide_all(checks), strict=True))
+        tracing = self.tracing
         response = rls_pb2.RateLimitResponse()
         shown: tuple[Decision, Limit] | None = None  # the decision the headers report
         for i, plan in enumerate(plans):
@@ -118,10 +163,16 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             if plan.blocks:
                 decision = decision._replace(allowed=False, remaining=0)
             _fill(status, plan, decision)
+            if tracing is not None:
+                tracing.decision(asked[i].key, asked[i].hits, plan.rule.name, decision, started_ns)
             if shown is None or _worse(decision, shown[0]):
                 shown = (decision, plan)
         over = any(status.code == Code.OVER_LIMIT for status in response.statuses)
         response.overall_code = Code.OVER_LIMIT if over else Code.OK
+        if tracing is not None and over:
+            tracing.denied_by(
+                [s.current_limit.name for s in response.statuses if s.code == Code.OVER_LIMIT]
+            )
         if shown is not None:
             decision, limit = shown
             for name, value in ratelimit_headers(decision, limit.policy()):

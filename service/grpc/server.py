@@ -1,4 +1,5 @@
-"""The node's gRPC server: Envoy's rate limit service and health, beside the HTTP server.
+"""The node's gRPC server: Envoy's rate limit service, health and server reflection (so
+generic clients such as grpcurl need no proto files), beside the HTTP server.
 
 `GrpcServer` runs in the node's event loop (grpc.aio), so a gRPC decision and an HTTP
 decision never interleave. `serve_beside(app, node, settings)` ties it to the FastAPI
@@ -15,26 +16,51 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-from envoy.service.ratelimit.v3 import rls_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from fastapi import FastAPI
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from service.errors import ConfigError
 from service.grpc.health import ReadinessHealth
 from service.grpc.ratelimit import RateLimitService
 from service.node import Node
+from service.observability.request_id import RequestIds
+from service.observability.tracing import Tracing
 
 log = logging.getLogger("ratelimiter.grpc")
 STOP_GRACE_S = 5.0
 
 
-class GrpcServer:
-    """ShouldRateLimit and health checking on `host:port` (port 0: any free port)."""
+REFLECTED = (
+    rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
 
-    def __init__(self, node: Node, host: str, port: int, allow_limit_override: bool) -> None:
+
+class GrpcServer:
+    """ShouldRateLimit, health checking and reflection on `host:port` (0: any free port).
+
+    `tracing` makes a span of every call; `request_ids` (by default the node id's own,
+    apart from HTTP's) names calls that come without an `x-request-id`.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        allow_limit_override: bool,
+        *,
+        tracing: Tracing | None = None,
+        request_ids: RequestIds | None = None,
+    ) -> None:
         self.node = node
         self.address = f"{host}:{port}"
-        self.service = RateLimitService(node, allow_limit_override)
+        if request_ids is None:
+            request_ids = RequestIds(f"{node.settings.node_id}/grpc")
+        self.service = RateLimitService(node, allow_limit_override, tracing, request_ids)
         self.health = ReadinessHealth(node)
         self.port: int | None = None
         self._server: Any = None
@@ -45,6 +71,7 @@ class GrpcServer:
         server = grpc.aio.server()
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        reflection.enable_server_reflection(REFLECTED, server)
         try:
             port: int = server.add_insecure_port(self.address)
         except RuntimeError as exc:
@@ -70,13 +97,18 @@ class GrpcServer:
 
 
 def serve_beside(app: FastAPI, node: Node, host: str, port: int, allow_override: bool) -> None:
-    """Run a GrpcServer for the lifetime of `app` (inside its lifespan, after the node)."""
+    """Run a GrpcServer for the lifetime of `app` (inside its lifespan, after the node),
+    tracing as the app does and naming calls from the app's request ids."""
     inner: Callable[[Any], Any] = app.router.lifespan_context
+    tracing: Tracing | None = getattr(app.state, "tracing", None)
+    request_ids: RequestIds | None = getattr(app, "request_ids", None)
 
     @asynccontextmanager
     async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
         async with inner(asgi_app) as state:
-            server = GrpcServer(node, host, port, allow_override)
+            server = GrpcServer(
+                node, host, port, allow_override, tracing=tracing, request_ids=request_ids
+            )
             await server.start()
             try:
                 yield state

@@ -18,14 +18,19 @@ from service.http import errors
 from service.http.auth import require_admin
 from service.http.contract import (
     MAX_COST,
+    AtomicCheckRequest,
     BatchCheckRequest,
     BatchCheckResult,
     CheckRequest,
     CheckResult,
 )
+from service.http.correlation import NodeApp
 from service.http.dashboard import dashboard_router
-from service.http.fastpath import Checker, FastPath, Protector
+from service.http.fastpath import Answer, Checker, FastPath, Protector, traced
 from service.node import Node
+from service.observability.request_id import RequestIds
+from service.observability.request_id import current as current_request_id
+from service.observability.tracing import Tracing, tracing_from_env
 from service.rules.model import RULE_NAME_MAX, Rule, rule_from_mapping
 from service.settings import Settings
 
@@ -44,8 +49,24 @@ def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
-    """The app for one node; `node` is built from `settings` unless given (tests)."""
+def _answer(answer: Answer) -> Response:
+    status, headers, body = answer
+    return Response(
+        body,
+        status_code=status,
+        media_type="application/json",
+        headers={k.decode(): v.decode() for k, v in headers},
+    )
+
+
+def create_app(
+    settings: Settings, node: Node | None = None, *, tracing: Tracing | None = None
+) -> FastAPI:
+    """The app for one node; `node` is built from `settings` unless given (tests).
+
+    With `tracing`, every decision is a span (see `service.observability.tracing`);
+    every answer carries an `X-Request-ID` either way.
+    """
     node = node if node is not None else build_node(settings)
 
     @asynccontextmanager
@@ -55,17 +76,21 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
             yield
         finally:
             await node.stop()
+            if tracing is not None:
+                tracing.shutdown()  # exports the spans still buffered
 
-    app = FastAPI(
+    app = NodeApp(
         title="Kafka CRDT rate limiter",
         version="0.1.0",
         summary="Local token-bucket decisions, consumption replicated as CRDT deltas on Kafka",
         lifespan=lifespan,
     )
+    app.request_ids = RequestIds(settings.node_id)
     app.state.node = node
+    app.state.tracing = tracing
     errors.install(app)
-    protector = Protector(node)
-    checker = Checker(node)
+    protector = Protector(node, tracing)
+    checker = Checker(node, tracing)
 
     @app.post(
         "/protected",
@@ -89,29 +114,33 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
         Served by a raw ASGI fast path in production; this route documents it and
         answers identically when the fast path is bypassed.
         """
-        status, headers, body = protector.respond(list(request.headers.raw))
-        return Response(
-            body,
-            status_code=status,
-            media_type="application/json",
-            headers={k.decode(): v.decode() for k, v in headers},
-        )
+        raw = list(request.headers.raw)
+        if tracing is None:
+            return _answer(protector.respond(raw))
+        rid = current_request_id.get()
+        return _answer(traced(tracing, "/protected", raw, rid, lambda: protector.respond(raw)))
 
     @app.post(
         "/v1/check",
         response_model=CheckResult | BatchCheckResult,
         responses={413: {"description": "the body is longer than 1 MiB"}},
     )
-    async def check(body: CheckRequest | BatchCheckRequest) -> Response:
+    async def check(
+        body: CheckRequest | BatchCheckRequest | AtomicCheckRequest, request: Request
+    ) -> Response:
         """Decide `cost` for `key` under the named `limit` (a cost above capacity is denied);
-        with `{"checks": [...]}`, decide each in order and answer `{"results": [...]}`.
+        with `{"checks": [...]}`, decide each in order and answer `{"results": [...]}`;
+        with `{"all": [...]}`, decide every limit as one: admitted only if each admits, each
+        cost taken only then (a denial takes nothing), answered `{"allowed", "denied_by",
+        "results"}`.
 
         Served by a raw ASGI fast path in production; this route documents it and
         answers identically when the fast path is bypassed.
         """
-        if isinstance(body, BatchCheckRequest):
-            return _json(checker.answer_batch(body))
-        return _json(checker.answer(body).as_dict())
+        if tracing is None:
+            return _answer(checker.decide(body))
+        raw, rid = list(request.headers.raw), current_request_id.get()
+        return _answer(traced(tracing, "/v1/check", raw, rid, lambda: checker.decide(body)))
 
     @app.post("/v1/refund", responses={401: {"description": "missing or wrong bearer token"}})
     async def refund(
@@ -248,7 +277,12 @@ def create_asgi(settings: Settings) -> FastPath:
     """What uvicorn serves: the /protected and /v1/check fast paths in front of the app.
 
     Outside FastAPI's middleware stack on purpose: Starlette's per-request wrapping costs
-    more than the decision. Every other path (and the lifespan) goes to FastAPI.
+    more than the decision. Every other path (and the lifespan) goes to FastAPI. Tracing
+    is on when an OTEL_* variable is set (`tracing_from_env`).
     """
-    app = create_app(settings)
+    salt = settings.trace_key_salt
+    tracing = tracing_from_env(
+        settings.node_id, salt.get_secret_value().encode() if salt is not None else None
+    )
+    app = create_app(settings, tracing=tracing)
     return FastPath(app, app.state.protector, app.state.checker)

@@ -18,6 +18,7 @@ from service.rules.model import RULE_NAME_MAX
 
 MAX_COST = 10**12
 MAX_BATCH = 1000  # checks in one POST /v1/check {"checks": [...]}
+MAX_ALL = 64  # limits in one POST /v1/check {"all": [...]} (as descriptors in ShouldRateLimit)
 
 _policy = functools.lru_cache(maxsize=1024)(policy_header)
 
@@ -46,6 +47,15 @@ class BatchCheckRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checks: list[CheckRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class AtomicCheckRequest(BaseModel):
+    """POST /v1/check with several limits decided as one: admitted only if every check is,
+    and only then is each cost taken; a denial takes nothing from any limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    all: list[CheckRequest] = Field(min_length=1, max_length=MAX_ALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +117,18 @@ class CheckError:
 
 @dataclass(frozen=True, slots=True)
 class BatchCheckResult:
-    """The answers of a batch, in the order of its checks."""
+    """The answers of several checks in their order: of a batch (`{"checks": [...]}`), or of
+    an atomic check (`{"all": [...]}`), which also gives its verdict.
+
+    `allowed` and `denied_by` come only with `{"all": [...]}`: `allowed` is true when every
+    check admitted (each cost was taken), false when any denied (nothing was taken);
+    `denied_by` names the rules of the checks that denied, in order. There each result's
+    `allowed` says whether its own limit would have admitted.
+    """
 
     results: list[CheckResult | CheckError]
+    allowed: bool | None = None
+    denied_by: list[str] | None = None
 
 
 def rate_limited_body(key: str, remaining: int, retry_after_ms: int | None) -> bytes:

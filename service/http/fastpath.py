@@ -3,21 +3,25 @@
 FastAPI's routing, dependency injection and response classes cost more than the decision
 itself, so this middleware answers both directly (orjson in and out, the same validation
 models and error bodies); everything else, and their OpenAPI description, stays FastAPI.
+Every answer made here carries the request's `X-Request-ID` (taken or made), current in
+the log while it is made; with tracing on, it is a span with a span per decision in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.engine import validate_key
+from service.engine import Check, Decision, validate_key
 from service.errors import BadRequest, RateLimiterError, UnknownRule
 from service.http.contract import (
+    AtomicCheckRequest,
     BatchCheckRequest,
     CheckRequest,
     CheckResult,
@@ -26,13 +30,18 @@ from service.http.contract import (
 from service.http.errors import JSON, code_of, error_body, error_response, invalid_request
 from service.http.headers import ceil_ms, policy_header, ratelimit_headers
 from service.node import Node
-from service.rules.model import RuleSet
+from service.observability.request_id import HEADER as REQUEST_ID_HEADER
+from service.observability.request_id import RequestIds
+from service.observability.request_id import current as current_request_id
+from service.observability.tracing import Tracing, http_status
+from service.rules.model import Rule, RuleSet
 
 SAMPLE_EVERY = 16  # decision latency is observed for 1 request in 16
 MAX_BODY_BYTES = 1 << 20  # any body; a /v1/check batch of 1,000 checks fits in a third of it
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
+CheckBody = CheckRequest | BatchCheckRequest | AtomicCheckRequest
 
 
 def parse_user(headers: list[tuple[bytes, bytes]]) -> tuple[str, str | None]:
@@ -63,8 +72,9 @@ def _tier(raw: bytes | None) -> str | None:
 class Protector:
     """Answers /protected: parse the user, decide, build status, headers and body."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, tracing: Tracing | None = None) -> None:
         self.node = node
+        self.tracing = tracing
         self.trust_tier = node.settings.trust_tier_header
         self.policies: dict[str, bytes] = {}
         self.refresh_policies(node.rules)
@@ -82,12 +92,10 @@ class Protector:
             user, tier = parse_user(raw_headers)
             rule = node.rules.match(user, tier if self.trust_tier else None)
             self._count += 1
-            if self._count % SAMPLE_EVERY:
+            if self._count % SAMPLE_EVERY and self.tracing is None:
                 decision = node.decide(user, 1, rule)
             else:
-                started = time.perf_counter()
-                decision = node.decide(user, 1, rule)
-                node.metrics.decision_seconds.observe(time.perf_counter() - started)
+                decision = self._observed(user, rule)
         except RateLimiterError as exc:
             return error_response(exc)
         headers = ratelimit_headers(decision, self.policies[rule.name])
@@ -96,12 +104,25 @@ class Protector:
         body = rate_limited_body(user, decision.remaining, ceil_ms(decision.retry_after_s))
         return 429, headers, body
 
+    def _observed(self, user: str, rule: Rule) -> Decision:
+        # A decision timed (1 in SAMPLE_EVERY) or traced: off the common path.
+        started_ns = time.time_ns()
+        started = time.perf_counter()
+        decision = self.node.decide(user, 1, rule)
+        if not self._count % SAMPLE_EVERY:
+            self.node.metrics.decision_seconds.observe(time.perf_counter() - started)
+        if self.tracing is not None:
+            self.tracing.decision(user, 1, rule.name, decision, started_ns)
+        return decision
+
 
 class Checker:
-    """Answers /v1/check: one check, or a batch of checks answered in order."""
+    """Answers /v1/check: one check, a batch of checks answered in order, or several limits
+    decided as one (all admitted and taken, or nothing taken)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, tracing: Tracing | None = None) -> None:
         self.node = node
+        self.tracing = tracing
 
     def respond(self, body: bytes) -> Answer:
         """(status, headers, body) of one /v1/check request body."""
@@ -110,19 +131,28 @@ class Checker:
         except orjson.JSONDecodeError as exc:
             problem = {"loc": ["body"], "msg": f"JSON decode error: {exc}", "type": "json_invalid"}
             return 422, [], invalid_request([problem])
+        request: CheckBody
         try:
             if isinstance(doc, dict) and "checks" in doc:
-                batch = BatchCheckRequest.model_validate(doc)
+                request = BatchCheckRequest.model_validate(doc)
+            elif isinstance(doc, dict) and "all" in doc:
+                request = AtomicCheckRequest.model_validate(doc)
             else:
-                single = CheckRequest.model_validate(doc)
+                request = CheckRequest.model_validate(doc)
         except ValidationError as exc:
             return 422, [], invalid_request(exc.errors(include_url=False), prefix=("body",))
         except RecursionError:
             return 400, [], error_body("bad_request", "JSON nested too deeply")
+        return self.decide(request)
+
+    def decide(self, request: CheckBody) -> Answer:
+        """(status, headers, body) of a valid /v1/check request (the route's answer too)."""
         try:
-            if isinstance(doc, dict) and "checks" in doc:
-                return 200, [], orjson.dumps(self.answer_batch(batch))
-            return 200, [], orjson.dumps(self.answer(single).as_dict())
+            if isinstance(request, CheckRequest):
+                return 200, [], orjson.dumps(self.answer(request).as_dict())
+            if isinstance(request, BatchCheckRequest):
+                return 200, [], orjson.dumps(self.answer_batch(request))
+            return 200, [], orjson.dumps(self.answer_all(request))
         except RateLimiterError as exc:
             return error_response(exc)
 
@@ -130,7 +160,36 @@ class Checker:
         """Decide one check; UnknownRule when `limit` names no rule."""
         rules = self.node.rules
         rule = rules.get(check.limit) if check.limit else rules.default
-        return CheckResult.of(self.node.decide(check.key, check.cost, rule))
+        tracing = self.tracing
+        if tracing is None:
+            return CheckResult.of(self.node.decide(check.key, check.cost, rule))
+        started_ns = time.time_ns()
+        decision = self.node.decide(check.key, check.cost, rule)
+        tracing.decision(check.key, check.cost, rule.name, decision, started_ns)
+        return CheckResult.of(decision)
+
+    def answer_all(self, request: AtomicCheckRequest) -> dict[str, Any]:
+        """Decide every check as one (`Node.decide_all`): admitted only if each limit admits,
+        each cost taken only then. UnknownRule (nothing decided) when a `limit` names no rule.
+        """
+        rules = self.node.rules
+        checks = [
+            Check(check.key, check.cost, rules.get(check.limit) if check.limit else rules.default)
+            for check in request.all
+        ]
+        started_ns = time.time_ns()
+        decisions = self.node.decide_all(checks)
+        results = [CheckResult.of(decision) for decision in decisions]
+        denied_by = [result.rule for result in results if not result.allowed]
+        if self.tracing is not None:
+            for check, decision in zip(checks, decisions, strict=True):
+                self.tracing.decision(check.key, check.cost, check.rule.name, decision, started_ns)
+            self.tracing.denied_by(denied_by)
+        return {
+            "allowed": not denied_by,
+            "denied_by": denied_by,
+            "results": [result.as_dict() for result in results],
+        }
 
     def answer_batch(self, batch: BatchCheckRequest) -> dict[str, Any]:
         """Decide every check in order; an unknown rule fails its own check only."""
@@ -183,44 +242,113 @@ def too_large(limit: int) -> Answer:
     return 413, [], error_body("payload_too_large", f"the body is longer than {limit} bytes")
 
 
-async def send_answer(send: Send, answer: Answer) -> None:
-    """Send a whole JSON response from raw ASGI."""
+async def send_answer(send: Send, answer: Answer, request_id: str | None = None) -> None:
+    """Send a whole JSON response from raw ASGI (with `X-Request-ID` when given)."""
     status, headers, body = answer
-    headers = [
-        *headers,
-        (b"content-type", JSON),
-        (b"content-length", str(len(body)).encode()),
-    ]
+    if request_id is None:
+        headers = [*headers, (b"content-type", JSON), (b"content-length", b"%d" % len(body))]
+    else:
+        headers = [
+            *headers,
+            (b"content-type", JSON),
+            (b"content-length", b"%d" % len(body)),
+            (REQUEST_ID_HEADER, request_id.encode()),
+        ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-class FastPath:
-    """ASGI middleware: answers POST /protected and /v1/check itself, passes the rest on."""
+def traced(
+    tracing: Tracing,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    request_id: str,
+    respond: Callable[[], Answer],
+) -> Answer:
+    """`respond()` inside the request span of POST `path` (child of its `traceparent`)."""
+    attributes = {"http.request.method": "POST", "http.route": path, "url.path": path}
+    with tracing.request(f"POST {path}", headers, request_id, attributes) as span:
+        answer = respond()
+        http_status(span, answer[0])
+    return answer
 
-    def __init__(self, app: ASGIApp, protector: Protector, checker: Checker) -> None:
+
+def request_ids_of(app: ASGIApp, node: Node) -> RequestIds:
+    """The request ids of `app` (those of `create_app`), else new ones for `node`."""
+    ids = getattr(app, "request_ids", None)
+    return ids if isinstance(ids, RequestIds) else RequestIds(node.settings.node_id)
+
+
+class FastPath:
+    """ASGI middleware: answers POST /protected and /v1/check itself, passes the rest on.
+
+    Its answers carry request ids from `request_ids` (by default the app's own, so ids
+    never repeat between the two) and spans from the Protector's tracing.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        protector: Protector,
+        checker: Checker,
+        request_ids: RequestIds | None = None,
+    ) -> None:
         self.app = app
         self.protector = protector
         self.checker = checker
+        self.tracing = protector.tracing
+        self.request_ids = request_ids or request_ids_of(app, protector.node)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The id is current while the answer is made (its log lines), not while it is sent;
+        # written out per route: a shared coroutine would cost a microsecond per request.
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             if path == "/protected":
-                await send_answer(send, self.protector.respond(scope["headers"]))
+                headers = scope["headers"]
+                rid = self.request_ids.take(headers)
+                token = current_request_id.set(rid)
+                try:
+                    if self.tracing is None:
+                        answer = self.protector.respond(headers)
+                    else:
+                        answer = self._traced_protected(headers, rid)
+                finally:
+                    current_request_id.reset(token)
+                await send_answer(send, answer, rid)
                 return
             if path == "/v1/check":
                 body = await read_body(scope, receive, MAX_BODY_BYTES)
-                if body is None:
-                    await send_answer(send, too_large(MAX_BODY_BYTES))
-                else:
-                    await send_answer(send, self.checker.respond(body))
+                headers = scope["headers"]
+                rid = self.request_ids.take(headers)
+                token = current_request_id.set(rid)
+                try:
+                    if body is None:
+                        answer = too_large(MAX_BODY_BYTES)
+                    elif self.tracing is None:
+                        answer = self.checker.respond(body)
+                    else:
+                        answer = self._traced_check(headers, rid, body)
+                finally:
+                    current_request_id.reset(token)
+                await send_answer(send, answer, rid)
                 return
         if scope["type"] == "http" and scope["method"] in BODY_METHODS:
             # Every other body is read here first, up to the cap: FastAPI would read it all.
             body = await read_body(scope, receive, MAX_BODY_BYTES)
             if body is None:
-                await send_answer(send, too_large(MAX_BODY_BYTES))
+                rid = self.request_ids.take(scope["headers"])
+                await send_answer(send, too_large(MAX_BODY_BYTES), rid)
                 return
             receive = replay(body)
         await self.app(scope, receive, send)
+
+    def _traced_protected(self, headers: list[tuple[bytes, bytes]], rid: str) -> Answer:
+        assert self.tracing is not None
+        respond = self.protector.respond
+        return traced(self.tracing, "/protected", headers, rid, lambda: respond(headers))
+
+    def _traced_check(self, headers: list[tuple[bytes, bytes]], rid: str, body: bytes) -> Answer:
+        assert self.tracing is not None
+        respond = self.checker.respond
+        return traced(self.tracing, "/v1/check", headers, rid, lambda: respond(body))
