@@ -72,7 +72,7 @@ def write_snapshot(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as out:
-        marshal.dump(doc, out)
+        out.write(marshal.dumps(doc))
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
@@ -82,15 +82,15 @@ def write_snapshot(
 def read_snapshot(path: Path, topic: str, partitions: int) -> Snapshot | None:
     """The snapshot at `path` if it is whole and of this topic, else None (logged)."""
     try:
-        with path.open("rb") as source:
-            collecting = gc.isenabled()
-            gc.disable()  # marshal builds millions of tuples and dicts: see load_snapshot
-            try:
-                # Our own file in the operator's --state-dir, written by write_snapshot.
-                doc = marshal.load(source)  # noqa: S302
-            finally:
-                if collecting:
-                    gc.enable()
+        data = path.read_bytes()  # whole: marshal.load reads a file object in small steps
+        collecting = gc.isenabled()
+        gc.disable()  # marshal builds millions of tuples and dicts: see load_snapshot
+        try:
+            # Our own file in the operator's --state-dir, written by write_snapshot.
+            doc = marshal.loads(data)  # noqa: S302
+        finally:
+            if collecting:
+                gc.enable()
     except FileNotFoundError:
         return None
     except (OSError, EOFError, ValueError, TypeError) as exc:
