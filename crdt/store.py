@@ -123,6 +123,7 @@ class BucketStore:
         self._net_max = math.ceil(
             policy.capacity + policy.rate * (self._epoch_width + self._seal_after)
         )
+        self._horizon = self._cap_time + self._seal_after + self._epoch_width
         self._e_now = 0
         self._epoch_start = math.inf  # forces _advance on first use
         self._epoch_end = -math.inf
@@ -302,16 +303,12 @@ class BucketStore:
         e_max = self._e_now + self._epochs_ahead
         # The furthest a writer's own entry can put the bucket's TAT: a full bucket's worth
         # ahead of now, plus the seal horizon for its clock and delivery.
-        tat_max = now + self._cap_time + self._seal_after + self._epoch_width
+        tat_max = now + self._horizon
         interval = self._interval
         net_max = self._net_max
-        for entry in entries:
-            if (
-                entry.epoch > e_max
-                or entry.n > entry.p
-                or entry.p - entry.n > net_max
-                or entry.floor + (entry.p - entry.n) * interval > tat_max
-            ):
+        for epoch, floor, p, n in entries:  # plain unpacking: this runs for every merge
+            net = p - n
+            if epoch > e_max or net < 0 or net > net_max or floor + net * interval > tat_max:
                 break
         else:
             return entries  # the common case: every entry within bounds, nothing copied
