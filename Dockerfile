@@ -18,6 +18,8 @@ COPY stress_test ./stress_test
 # requirements.txt (as constraints, which pip takes without extras such as [standard]).
 RUN sed 's/\[[^]]*\]//' requirements.txt > constraints.txt \
     && pip install --no-cache-dir --constraint constraints.txt . \
+    && pip install --no-cache-dir --force-reinstall --no-deps \
+        "$(grep '^opentelemetry-proto==' requirements.txt)" \
     && rm -rf build ./*.egg-info
 COPY --chmod=0755 deploy/entrypoint.sh /usr/local/bin/ratelimiter-entrypoint
 

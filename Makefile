@@ -35,6 +35,7 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --force-reinstall --no-deps $$(grep '^opentelemetry-proto==' requirements.txt)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

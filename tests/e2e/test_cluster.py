@@ -31,7 +31,8 @@ def test_standalone_node_admits_exactly_the_burst(spawn: Spawn) -> None:
 def test_user_exhausted_on_one_node_is_denied_on_another_and_on_a_new_node(
     spawn: Spawn, kafka_bootstrap: str, topic: str
 ) -> None:
-    args = ("--topic", topic, "--rate", "1", "--burst", "20")
+    # A token every 20 s: bob stays exhausted however long node d takes to start.
+    args = ("--topic", topic, "--rate", "0.05", "--burst", "20")
     a, b, c = (spawn(n, kafka_bootstrap, *args) for n in ("a", "b", "c"))
     with httpx.Client() as client:
         codes = [protected(client, a, "bob") for _ in range(25)]
