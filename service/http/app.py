@@ -24,7 +24,8 @@ from service.http.contract import (
     CheckResult,
 )
 from service.http.dashboard import dashboard_router
-from service.http.fastpath import Checker, FastPath, Protector
+from service.http.fastpath import Checker, FastPath, Protector, Router
+from service.http.forward import Forwarder
 from service.node import Node
 from service.rules.model import RULE_NAME_MAX, Rule, rule_from_mapping
 from service.settings import Settings
@@ -48,6 +49,10 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     """The app for one node; `node` is built from `settings` unless given (tests)."""
     node = node if node is not None else build_node(settings)
 
+    forwarder: Forwarder | None = None
+    if node.placement is not None:
+        forwarder = Forwarder(settings.node_id, node.metrics, settings.forward_timeout_ms / 1000)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await node.start()
@@ -55,6 +60,8 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
             yield
         finally:
             await node.stop()
+            if forwarder is not None:
+                forwarder.close()
 
     app = FastAPI(
         title="Kafka CRDT rate limiter",
@@ -241,6 +248,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(dashboard_router(node))
     app.state.protector = protector
     app.state.checker = checker
+    app.state.router = Router(node, forwarder) if forwarder is not None else None
     return app
 
 
@@ -251,4 +259,4 @@ def create_asgi(settings: Settings) -> FastPath:
     more than the decision. Every other path (and the lifespan) goes to FastAPI.
     """
     app = create_app(settings)
-    return FastPath(app, app.state.protector, app.state.checker)
+    return FastPath(app, app.state.protector, app.state.checker, app.state.router)
