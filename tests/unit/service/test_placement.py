@@ -75,7 +75,8 @@ async def test_a_lone_node_reads_everything_and_a_joiner_takes_its_share() -> No
             assert held(b) == mine
             # a lets go of b's partitions once b answers for them, not before.
             await wait_for(lambda: held(a) == frozenset(range(PARTITIONS)) - mine, 5, "handover")
-            assert b.placement is not None and a.placement is not None
+            assert b.placement is not None
+            assert a.placement is not None
             for p in mine:
                 user = users[p]
                 # b read the partition's history: a's admissions count there.

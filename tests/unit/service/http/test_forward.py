@@ -159,7 +159,7 @@ async def test_a_non_owner_forwards_protected_check_and_keys_to_the_owner(
 
 
 async def test_a_forwarded_request_is_never_forwarded_again(pair: tuple[Served, Served]) -> None:
-    a, b = pair
+    a, _ = pair
     user = user_of("b")
     async with httpx.AsyncClient() as client:
         # Sent to a as if forwarded by b: a answers it itself (no loop).
