@@ -172,12 +172,16 @@ class MemoryMembersLog:
     def __init__(self, topic: MemoryMembers) -> None:
         self.topic = topic
         self.position = 0
+        self.started = False
 
     async def start(self) -> None:
-        self.position = 0
+        if not self.started:
+            self.started = True
+            self.position = 0
 
     async def stop(self) -> None:
-        """Nothing to release."""
+        self.started = False
+
 
     async def read_to_end(self, timeout_s: float) -> list[MemberRecord]:
         return await self.fetch(0)

@@ -36,7 +36,8 @@ class MembersLog(Protocol):
     """The members topic as a port: one ordered partition, read from the beginning."""
 
     async def start(self) -> None:
-        """Connect (creating the topic if missing); reading starts at the beginning."""
+        """Connect (creating the topic if missing); reading starts at the beginning.
+        Starting a started log does nothing."""
         ...
 
     async def stop(self) -> None:
@@ -75,6 +76,8 @@ class KafkaMembersLog:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
+        if self._consumer is not None:
+            return  # started already
         await ensure_topic(
             self.bootstrap, self.topic, 1, MEMBERS_TOPIC_CONFIG, options=self._options
         )

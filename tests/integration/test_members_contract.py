@@ -91,7 +91,7 @@ class TestMembersLogContract:
         logs = [await backend.client() for _ in range(2)]
         a, b = (
             Membership(
-                log, n, f"{n}/1", f"127.0.0.1:{port}", Metrics(n), heartbeat_s=0.1, expiry_s=1
+                log, n, f"{n}/1", f"127.0.0.1:{port}", Metrics(n), heartbeat_s=0.1, expiry_s=30
             )
             for log, n, port in zip(logs, ("a", "b"), (1, 2), strict=True)
         )
