@@ -182,7 +182,6 @@ class MemoryMembersLog:
     async def stop(self) -> None:
         self.started = False
 
-
     async def read_to_end(self, timeout_s: float) -> list[MemberRecord]:
         return await self.fetch(0)
 
