@@ -11,8 +11,11 @@ from crdt.policy import SyncTiming
 from service.clock import AnchoredClock, Clock, DisciplinedClock
 from service.engine import Engine
 from service.errors import ConfigError
+from service.membership.log import KafkaMembersLog, MembersLog
+from service.membership.members import Membership
 from service.metrics import Metrics
 from service.node import Node
+from service.placement import Placement
 from service.replication.codec import partition_for_user
 from service.replication.replicator import Replicator
 from service.replication.snapshot import snapshot_path
@@ -52,6 +55,16 @@ def kafka_rules_log(settings: Settings) -> KafkaRulesLog:
     )
 
 
+def kafka_members_log(settings: Settings) -> KafkaMembersLog:
+    """The members topic on the settings' Kafka cluster."""
+    return KafkaMembersLog(
+        settings.kafka,
+        settings.members_topic,
+        client_id=f"ratelimiter-{settings.node_id}-members",
+        options=settings.kafka_options(),
+    )
+
+
 def build_node(
     settings: Settings,
     *,
@@ -59,10 +72,13 @@ def build_node(
     rules: RuleSet | None = None,
     state_log: StateLog | None = None,
     rules_log: RulesLog | None = None,
+    members_log: MembersLog | None = None,
 ) -> Node:
     """A node for `settings`: standalone when `kafka` is `none`, else replicating through
     `state_log` (the state topic on Kafka by default) and following `rules_log` (the rules
-    topic, unless `rules_topic` is `none`). `rules` replaces the --rules file.
+    topic, unless `rules_topic` is `none`). `rules` replaces the --rules file. With
+    `--replicas N` it also announces itself on `members_log` (the members topic by default)
+    and reads only the partitions it owns.
 
     `clock` is the node's own cluster clock (default: the wall clock anchored to the
     monotonic one); a replicating node keeps it on the broker's time (--clock-mode)."""
@@ -87,6 +103,7 @@ def build_node(
     metrics = Metrics(settings.node_id)
     replicator: Replicator | None = None
     rules_feed: RulesFeed | None = None
+    placement: Placement | None = None
     if not settings.standalone:
         log = state_log if state_log is not None else kafka_state_log(settings)
         partitions = log.partitions
@@ -108,6 +125,23 @@ def build_node(
             ),
             topic=settings.topic,
         )
+        if settings.replica_count is not None:
+            membership = Membership(
+                members_log if members_log is not None else kafka_members_log(settings),
+                settings.node_id,
+                replica,
+                settings.advertised_address,
+                metrics,
+                heartbeat_s=settings.heartbeat_s,
+                expiry_s=settings.member_expiry_s,
+            )
+            placement = Placement(
+                membership,
+                replicator,
+                replicas=settings.replica_count,
+                partitions=partitions,
+                partition_of=replicator.partition_of,
+            )
         if settings.rules_topic != "none":
             feed_log = rules_log if rules_log is not None else kafka_rules_log(settings)
             rules_feed = RulesFeed(feed_log, metrics)
@@ -120,4 +154,5 @@ def build_node(
         clock=clock,
         replicator=replicator,
         rules_feed=rules_feed,
+        placement=placement,
     )

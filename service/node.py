@@ -16,6 +16,7 @@ from service.clock import ORIGIN, Clock
 from service.engine import Check, Decision, Engine
 from service.errors import BrokerError, RateLimiterError, TopicConfigMismatch, Unavailable
 from service.metrics import Metrics
+from service.placement import Placement
 from service.replication.replicator import Replicator
 from service.rules.feed import RulesFeed
 from service.rules.model import InvalidRule, Rule, RuleSet, overlay
@@ -49,6 +50,7 @@ class Node:
         clock: Clock,
         replicator: Replicator | None = None,
         rules_feed: RulesFeed | None = None,
+        placement: Placement | None = None,
     ) -> None:
         """`rules` are the --rules file's (or given) rules; the rules topic overrides them."""
         self.settings = settings
@@ -64,12 +66,14 @@ class Node:
         self.metrics.info.labels(settings.node_id, replica).set(1)
         self.replicator = replicator
         self.rules_feed = rules_feed
+        self.placement = placement  # --replicas N: the partitions read, where users go
         self.ready = False
         self.phase = "starting"  # what the node is doing before it is ready (/readyz)
         self.fatal: str | None = None
         self._replicating = False
         self._rules_read = False
         self._log_started = False
+        self._joined = False
         self._share: dict[str, Limiter] = {}
         self.supervisor = Supervisor(metrics, on_change=self._readiness_changed)
         self.decisions: dict[tuple[str, ...], float] = {
@@ -116,6 +120,9 @@ class Node:
     async def stop(self) -> None:
         """Stop background work; publish what was admitted before disconnecting."""
         await self.supervisor.stop()  # a task that had failed cannot keep stop() from here
+        if self.placement is not None:
+            await self.placement.membership.stop()  # leave: peers take over at once
+            self._joined = False
         if self.rules_feed is not None:
             await self.rules_feed.stop()
         if self.replicator is not None:
@@ -191,6 +198,9 @@ class Node:
             except RateLimiterError as exc:
                 log.warning("waiting for Kafka at %s: %s", s.kafka, exc)
                 await asyncio.sleep(RETRY_S)
+        placement = self.placement
+        if placement is not None and not self._joined and not await self._join(placement):
+            return
         self.phase = f"reading the state topic {s.topic!r} to its end"
         try:
             await replicator.bootstrap(s.bootstrap_timeout_s)
@@ -205,7 +215,53 @@ class Node:
         self.supervisor.spawn("flush", replicator.flush_loop)
         self.supervisor.spawn("consume", replicator.consume_loop)
         self._replicating = True
+        if placement is not None:
+            placement.active = True
+            placement.refresh()  # the members may have changed while bootstrapping
+            placement.announce_ready()
         self._set_ready()
+
+    async def _join(self, placement: Placement) -> bool:
+        """Read the members topic, announce this node, read only the partitions it owns."""
+        s = self.settings
+        membership = placement.membership
+        self.phase = f"joining the members topic {s.members_topic!r}"
+        while True:
+            try:
+                await membership.start(s.bootstrap_timeout_s)
+                break
+            except TopicConfigMismatch as exc:
+                self.fatal = str(exc)
+                log.error("%s", exc)
+                return False
+            except (RateLimiterError, TimeoutError) as exc:
+                log.warning("waiting for the members topic at %s: %r", s.kafka, exc)
+                await membership.stop()
+                await asyncio.sleep(RETRY_S)
+        self.supervisor.spawn("heartbeat", membership.heartbeat_loop)
+        self.supervisor.spawn("members", membership.follow_loop)
+        placement.refresh()
+        owned = placement.owned()
+        await self._assign(owned)
+        self._joined = True
+        log.info(
+            "replicas %d of %d members: reading partitions %s",
+            placement.replicas,
+            len(placement.live),
+            sorted(owned),
+        )
+        return True
+
+    async def _assign(self, partitions: frozenset[int]) -> None:
+        """Read only `partitions` of the state topic (before bootstrapping)."""
+        assert self.replicator is not None
+        while True:
+            try:
+                await self.replicator.assign(partitions)
+                return
+            except RateLimiterError as exc:
+                log.warning("assigning partitions failed: %r", exc)
+                await asyncio.sleep(RETRY_S)
 
     async def _read_rules(self, feed: RulesFeed) -> bool:
         """Apply the rules topic read to its end (before the state: its rules name limiters)."""

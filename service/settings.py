@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +77,18 @@ class Settings(BaseSettings):
     state_dir: Path | None = None
     expire_writers_s: float = Field(600.0, gt=0, allow_inf_nan=False)
     peer_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+    # Each partition is read by R nodes (`all`: every node reads every partition, no
+    # members topic). With R, a node reads only the partitions it owns (top R live members
+    # by rendezvous hash) and forwards other users' requests to an owner.
+    replicas: str = Field("all", pattern=r"^(all|[1-9][0-9]{0,3})$")
+    members_topic: str = Field("ratelimiter.members", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    heartbeat_s: float = Field(1.0, gt=0, le=60, allow_inf_nan=False)
+    member_expiry_s: float = Field(5.0, gt=0, le=600, allow_inf_nan=False)
+    # A forwarded request waits this long for the owners (one after another) before this
+    # node decides locally under --fail-mode.
+    forward_timeout_ms: float = Field(50.0, gt=0, le=10_000, allow_inf_nan=False)
+    # host:port peers forward to (default: --host:--port; a wildcard host gives the hostname).
+    advertise: str | None = Field(None, pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
     # Passed through to every Kafka client (producer, consumer, admin).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -127,6 +140,21 @@ class Settings(BaseSettings):
     def standalone(self) -> bool:
         """True when the node runs without Kafka."""
         return self.kafka == "none"
+
+    @property
+    def replica_count(self) -> int | None:
+        """R of --replicas, or None for `all`."""
+        return None if self.replicas == "all" else int(self.replicas)
+
+    @property
+    def advertised_address(self) -> str:
+        """host:port where peers reach this node's HTTP server."""
+        if self.advertise is not None:
+            return self.advertise
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard bind, not a bind
+            host = socket.gethostname()
+        return f"{host}:{self.port}"
 
     def kafka_options(self) -> dict[str, Any]:
         """TLS and SASL keyword arguments for aiokafka clients (empty for PLAINTEXT)."""
@@ -185,6 +213,18 @@ def load_settings(**overrides: Any) -> Settings:
             f"invalid setting {name} (--{name.replace('_', '-')} / "
             f"RATELIMITER_{name.upper()}): {reason}"
         )
+    if settings.replica_count is not None:
+        if settings.state_dir is not None:
+            raise ConfigError(
+                "invalid setting state_dir (--state-dir / RATELIMITER_STATE_DIR): not "
+                "supported with --replicas N yet (use --replicas all)"
+            )
+        if settings.member_expiry_s <= settings.heartbeat_s:
+            raise ConfigError(
+                "invalid setting member_expiry_s (--member-expiry-s / "
+                "RATELIMITER_MEMBER_EXPIRY_S): must exceed heartbeat_s "
+                f"({settings.heartbeat_s}), got {settings.member_expiry_s}"
+            )
     if settings.seal_ms <= settings.epoch_ms:
         raise ConfigError(
             f"invalid setting seal_ms (--seal-ms / RATELIMITER_SEAL_MS): must exceed "

@@ -8,13 +8,24 @@ implement, and the contract suites run against both. Pass them to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 
 from service.clock import Clock, to_unix_ms
+from service.errors import BrokerError
+from service.membership.log import MemberRecord
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed
 from service.rules.codec import RuleRecord
 
-__all__ = ["ManualClock", "MemoryLog", "MemoryRules", "MemoryRulesLog", "MemoryStateLog"]
+__all__ = [
+    "ManualClock",
+    "MemoryLog",
+    "MemoryMembers",
+    "MemoryMembersLog",
+    "MemoryRules",
+    "MemoryRulesLog",
+    "MemoryStateLog",
+]
 
 # Cluster seconds (since 2025-01-01) where frozen-clock tests live.
 T0 = 1_000.0
@@ -82,7 +93,7 @@ class MemoryStateLog:
         return stamps[0] if stamps and self.log.broker_clock is not None else None
 
     async def end_offsets(self) -> dict[int, int]:
-        return {p: len(records) for p, records in enumerate(self.log.partitions)}
+        return {p: len(self.log.partitions[p]) for p in self._positions}
 
     async def positions(self) -> dict[int, int]:
         return dict(self._positions)
@@ -92,10 +103,17 @@ class MemoryStateLog:
             if partition in self._positions:
                 self._positions[partition] = offset
 
+    async def assign(self, partitions: Collection[int]) -> None:
+        for p in partitions:
+            if not 0 <= p < self.partitions:
+                raise PublishFailed(f"no partition {p}")
+        self._positions = {p: self._positions.get(p, 0) for p in sorted(set(partitions))}
+
     async def fetch(self, timeout_s: float, max_records: int) -> list[LogRecord]:
         out: list[LogRecord] = []
         if self.log.available:
-            for p, records in enumerate(self.log.partitions):
+            for p in list(self._positions):
+                records = self.log.partitions[p]
                 start = self._positions[p]
                 chunk = records[start : start + max_records - len(out)]
                 out.extend(chunk)
@@ -137,3 +155,44 @@ class MemoryRulesLog:
 
     async def publish(self, key: bytes, value: bytes | None) -> None:
         self.topic.records.append(RuleRecord(key, value))
+
+
+class MemoryMembers:
+    """An in-process members topic shared by MemoryMembersLog clients, stamped by `wall`."""
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.records: list[MemberRecord] = []
+        self.wall = wall
+        self.available = True
+
+
+class MemoryMembersLog:
+    """A MembersLog over a MemoryMembers; `topic.available = False` simulates an outage."""
+
+    def __init__(self, topic: MemoryMembers) -> None:
+        self.topic = topic
+        self.position = 0
+        self.started = False
+
+    async def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.position = 0
+
+    async def stop(self) -> None:
+        self.started = False
+
+    async def read_to_end(self, timeout_s: float) -> list[MemberRecord]:
+        return await self.fetch(0)
+
+    async def fetch(self, timeout_s: float) -> list[MemberRecord]:
+        out = self.topic.records[self.position :] if self.topic.available else []
+        self.position += len(out)
+        if not out:
+            await asyncio.sleep(min(timeout_s, 0.005))  # an idle poll waits, as Kafka's does
+        return out
+
+    async def publish(self, key: bytes, value: bytes | None) -> None:
+        if not self.topic.available:
+            raise BrokerError("memory members topic unavailable")
+        self.topic.records.append(MemberRecord(key, value, int(self.topic.wall() * 1000)))

@@ -76,7 +76,7 @@ def memory_node(log: MemoryLog, clock: Callable[[], float], node_id: str, **over
 
 def served(app: FastAPI) -> FastPath:
     """What `create_asgi` serves, for an app built around a test's own node."""
-    return FastPath(app, app.state.protector, app.state.checker)
+    return FastPath(app, app.state.protector, app.state.checker, app.state.router)
 
 
 def sample(node: Node, name: str, **labels: str) -> float:

@@ -7,6 +7,10 @@ import argparse
 import orjson
 
 from crdt.simulator import TRAFFIC, Partition, SimConfig, SimResult, simulate
+from service.membership.rendezvous import owners, weight
+from service.replication.codec import partition_for_user
+
+LB_POLICIES = ("round-robin", "consistent-hash", "owner-aware")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,15 +34,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("START", "END", "NODE"),
         help="cut node NODE off from the others between START and END seconds",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="R: each partition replicated on R nodes (decisions on R owners, N replaced by R "
+        "in the bound); default: every node decides (--replicas all)",
+    )
+    parser.add_argument(
+        "--lb",
+        choices=LB_POLICIES,
+        default="round-robin",
+        help="load-balancer policy in front of the N nodes, for the forward fraction",
+    )
     parser.add_argument("--traffic", choices=TRAFFIC, default="steady")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
 
 
-def _row(result: SimResult) -> dict[str, object]:
+def forward_fraction(nodes: int, replicas: int, lb: str, users: int = 10_000) -> float:
+    """The share of requests a node forwards with each partition on `replicas` of `nodes`.
+
+    round-robin: a request lands on an owner with probability R/N, so (N-R)/N. consistent-
+    hash: each user always lands on the same node, an owner of its partition for about R/N
+    of the users (the LB's ring knows nothing of the owners), so about (N-R)/N of requests
+    under uniform traffic too, but always the same users. owner-aware: the balancer sends a
+    user to an owner (it computes the same rendezvous hash, or follows the owner named
+    by X-RateLimiter-Answered-By), so nothing is forwarded.
+    """
+    r = min(replicas, nodes)
+    if lb == "round-robin":
+        return (nodes - r) / nodes
+    if lb == "owner-aware":
+        return 0.0
+    members = [f"node-{i}" for i in range(nodes)]
+    partitions = 12
+    forwarded = 0
+    for i in range(users):
+        user = f"user-{i}"
+        landed = members[weight(user, 0) % nodes]  # a hash of X-User-ID picks the node
+        if landed not in owners(partition_for_user(user, partitions), members, r):
+            forwarded += 1
+    return forwarded / users
+
+
+def _row(result: SimResult, nodes: int, replicas: int | None, lb: str) -> dict[str, object]:
     cfg = result.config
     return {
-        "nodes": cfg.nodes,
+        "nodes": nodes,
+        "replicas": "all" if replicas is None else min(replicas, nodes),
+        "forward_fraction": round(
+            0.0 if replicas is None else forward_fraction(nodes, replicas, lb), 4
+        ),
         "delay_ms": cfg.delay * 1000,
         "requests": result.requests,
         "admitted": result.admitted,
@@ -60,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
         partitions = (Partition(start, end, frozenset({int(node)})),)
     rows = []
     for nodes in args.nodes:
+        # With R replicas only the R owners of a user's partition decide for it (the
+        # others forward): the cluster behaves as R nodes for the bound.
+        deciders = nodes if args.replicas is None else min(args.replicas, nodes)
         for delay_ms in args.delay_ms:
             cfg = SimConfig(
-                nodes=nodes,
+                nodes=deciders,
                 rate=args.rate,
                 burst=args.burst,
                 rps=args.rps,
@@ -76,24 +126,27 @@ def run(args: argparse.Namespace) -> int:
                 traffic=args.traffic,
                 seed=args.seed,
             )
-            rows.append(_row(simulate(cfg)))
+            rows.append(_row(simulate(cfg), nodes, args.replicas, args.lb))
     if args.json:
         for row in rows:
             print(orjson.dumps(row).decode())
         return 0
     header = (
-        f"{'nodes':>5} {'delay_ms':>8} {'admitted':>9} {'ideal':>7} {'ratio':>7} "
+        f"{'nodes':>5} {'R':>3} {'fwd':>6} {'delay_ms':>8} {'admitted':>9} {'ideal':>7} "
+        f"{'ratio':>7} "
         f"{'bound':>9} {'max A(s,t]-r(t-s)':>18} {'its bound':>10} {'converged':>9}"
     )
     print(header)
     for r in rows:
         print(
-            f"{r['nodes']:>5} {r['delay_ms']:>8.0f} {r['admitted']:>9} {r['ideal']:>7} "
+            f"{r['nodes']:>5} {r['replicas']!s:>3} {r['forward_fraction']:>6.3f} "
+            f"{r['delay_ms']:>8.0f} {r['admitted']:>9} {r['ideal']:>7} "
             f"{r['accuracy']:>7.3f} {r['bound']:>9.1f} {r['max_interval_excess']:>18.2f} "
             f"{r['interval_bound']:>10.2f} {r['converged']!s:>9}"
         )
     print(
-        "bound = C + r*T + (N-1)(C + r*d), d = flush + delay + jitter; "
-        "its bound = the same for every interval, minus r*(t-s)"
+        "bound = C + r*T + (M-1)(C + r*d), M = R with --replicas R else N, "
+        "d = flush + delay + jitter; its bound = the same for every interval, minus r*(t-s); "
+        f"fwd = share of requests forwarded to an owner under --lb {args.lb}"
     )
     return 0

@@ -26,7 +26,8 @@ from service.http.contract import (
 )
 from service.http.correlation import NodeApp
 from service.http.dashboard import dashboard_router
-from service.http.fastpath import Answer, Checker, FastPath, Protector, traced
+from service.http.fastpath import Answer, Checker, FastPath, Protector, Router, traced
+from service.http.forward import Forwarder
 from service.node import Node
 from service.observability.request_id import RequestIds
 from service.observability.request_id import current as current_request_id
@@ -69,6 +70,10 @@ def create_app(
     """
     node = node if node is not None else build_node(settings)
 
+    forwarder: Forwarder | None = None
+    if node.placement is not None:
+        forwarder = Forwarder(settings.node_id, node.metrics, settings.forward_timeout_ms / 1000)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await node.start()
@@ -78,6 +83,8 @@ def create_app(
             await node.stop()
             if tracing is not None:
                 tracing.shutdown()  # exports the spans still buffered
+            if forwarder is not None:
+                forwarder.close()
 
     app = NodeApp(
         title="Kafka CRDT rate limiter",
@@ -270,6 +277,7 @@ def create_app(
     app.include_router(dashboard_router(node))
     app.state.protector = protector
     app.state.checker = checker
+    app.state.router = Router(node, forwarder) if forwarder is not None else None
     return app
 
 
@@ -285,4 +293,4 @@ def create_asgi(settings: Settings) -> FastPath:
         settings.node_id, salt.get_secret_value().encode() if salt is not None else None
     )
     app = create_app(settings, tracing=tracing)
-    return FastPath(app, app.state.protector, app.state.checker)
+    return FastPath(app, app.state.protector, app.state.checker, app.state.router)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.engine import Check, Decision, validate_key
-from service.errors import BadRequest, RateLimiterError, UnknownRule
+from service.errors import BadRequest, RateLimiterError, Unavailable, UnknownRule
 from service.http.contract import (
     AtomicCheckRequest,
     BatchCheckRequest,
@@ -28,6 +28,7 @@ from service.http.contract import (
     rate_limited_body,
 )
 from service.http.errors import JSON, code_of, error_body, error_response, invalid_request
+from service.http.forward import Forwarder, forwarded
 from service.http.headers import ceil_ms, policy_header, ratelimit_headers
 from service.node import Node
 from service.observability.request_id import HEADER as REQUEST_ID_HEADER
@@ -39,6 +40,7 @@ from service.rules.model import Rule, RuleSet
 SAMPLE_EVERY = 16  # decision latency is observed for 1 request in 16
 MAX_BODY_BYTES = 1 << 20  # any body; a /v1/check batch of 1,000 checks fits in a third of it
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+KEYS_PATH = "/v1/keys/"
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
 CheckBody = CheckRequest | BatchCheckRequest | AtomicCheckRequest
@@ -279,8 +281,74 @@ def request_ids_of(app: ASGIApp, node: Node) -> RequestIds:
     return ids if isinstance(ids, RequestIds) else RequestIds(node.settings.node_id)
 
 
+async def send_forwarded(send: Send, answer: Answer) -> None:
+    """Send an owner's answer as it came (its own Content-Type among its headers)."""
+    status, headers, body = answer
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _check_key(body: bytes) -> str | None:
+    """The key of a single /v1/check body (batches are decided where they arrive)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(doc, dict) and "checks" not in doc:
+        key = doc.get("key")
+        if isinstance(key, str) and key:
+            return key
+    return None
+
+
+class Router:
+    """Sends requests for users this node does not answer for (--replicas N) to a member
+    that does: /protected, single /v1/check and GET /v1/keys/{key}."""
+
+    def __init__(self, node: Node, forwarder: Forwarder) -> None:
+        assert node.placement is not None
+        self.placement = node.placement
+        self.forwarder = forwarder
+        self.closed = node.settings.fail_mode == "closed"
+
+    async def answer(self, scope: Scope, body: bytes | None) -> tuple[Answer, bool] | None:
+        """(answer, forwarded) when the request was forwarded (or refused under fail mode
+        closed with no owner reachable); None: answer it here."""
+        method, path, headers = scope["method"], scope["path"], scope["headers"]
+        key: str | None = None
+        if method == "POST" and path == "/protected":
+            try:
+                key, _ = parse_user(headers)
+            except BadRequest:
+                return None  # answered here, as 400
+        elif method == "POST" and path == "/v1/check" and body is not None:
+            key = _check_key(body)
+        elif method == "GET" and path.startswith(KEYS_PATH):
+            key = path[len(KEYS_PATH) :]
+        if not key or forwarded(headers):
+            return None
+        targets = self.placement.route(key)
+        if targets is None:
+            return None
+        target = scope.get("raw_path") or path.encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        answer = await self.forwarder.forward(targets, method, target, headers, body or b"")
+        if answer is not None:
+            return answer, True
+        if self.closed:
+            refused = Unavailable(
+                "no node answering for this user is reachable and this node runs with "
+                "--fail-mode closed"
+            )
+            return error_response(refused), False
+        return None
+
+
 class FastPath:
-    """ASGI middleware: answers POST /protected and /v1/check itself, passes the rest on.
+    """ASGI middleware: answers POST /protected and /v1/check itself, passes the rest on;
+    with a `router`, first forwards requests for users other members answer for.
 
     Its answers carry request ids from `request_ids` (by default the app's own, so ids
     never repeat between the two) and spans from the Protector's tracing.
@@ -291,6 +359,8 @@ class FastPath:
         app: ASGIApp,
         protector: Protector,
         checker: Checker,
+        router: Router | None = None,
+        *,
         request_ids: RequestIds | None = None,
     ) -> None:
         self.app = app
@@ -298,8 +368,23 @@ class FastPath:
         self.checker = checker
         self.tracing = protector.tracing
         self.request_ids = request_ids or request_ids_of(app, protector.node)
+        self.router = router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.router is not None:
+            if scope["method"] in BODY_METHODS and scope["path"] != "/protected":
+                body = await read_body(scope, receive, MAX_BODY_BYTES)
+                if body is None:
+                    await send_answer(send, too_large(MAX_BODY_BYTES))
+                    return
+                receive = replay(body)
+            else:
+                body = None
+            routed = await self.router.answer(scope, body)
+            if routed is not None:
+                answer, was_forwarded = routed
+                await (send_forwarded if was_forwarded else send_answer)(send, answer)
+                return
         # The id is current while the answer is made (its log lines), not while it is sent;
         # written out per route: a shared coroutine would cost a microsecond per request.
         if scope["type"] == "http" and scope["method"] == "POST":

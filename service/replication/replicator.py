@@ -120,6 +120,13 @@ class Replicator:
         self.topic = topic
         self.merged_offsets: dict[int, int] = {}  # per partition: every record before merged
         self.snapshot_keys_loaded = 0
+        # Partition-affine consumption (--replicas N): the partitions read (None: all), the
+        # ones wanted next (applied between two fetches), and those being read to the end
+        # offset taken when they were assigned (no answers for their users meanwhile).
+        self.assigned: frozenset[int] | None = None
+        self._wanted: frozenset[int] | None = None
+        self._catching_up: dict[int, int] = {}
+        self.ready_listeners: list[Callable[[], None]] = []  # told when ready_partitions change
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -144,6 +151,15 @@ class Replicator:
                     await self._merge(records)
         finally:
             self.engine.set_bootstrapping(False, self.clock())
+        self._note_silent_writers()
+        self.broker_ok = True
+        self.metrics.bootstrap_seconds.set(time.monotonic() - started)
+        self.metrics.bootstrap_records.set(count)
+        log.info("bootstrapped from %d records in %.2fs", count, time.monotonic() - started)
+        return count
+
+    def _note_silent_writers(self) -> None:
+        """After reading history: writers seen writing lately are not silent after all."""
         for writer in self._live_writers:
             self._silent.pop(writer, None)
         self._live_writers.clear()
@@ -154,11 +170,72 @@ class Replicator:
                 self.expire_after_s,
                 sum(map(len, self._silent.values())),
             )
-        self.broker_ok = True
-        self.metrics.bootstrap_seconds.set(time.monotonic() - started)
-        self.metrics.bootstrap_records.set(count)
-        log.info("bootstrapped from %d records in %.2fs", count, time.monotonic() - started)
-        return count
+
+    # -- partitions (--replicas N) -----------------------------------------------
+
+    @property
+    def ready_partitions(self) -> frozenset[int]:
+        """Partitions read and merged to (near) their end: this node answers for their users."""
+        if self.assigned is None:
+            return frozenset(range(self.log.partitions))
+        return self.assigned - self._catching_up.keys()
+
+    async def assign(self, partitions: frozenset[int]) -> None:
+        """Read only `partitions` (before `bootstrap`, which reads them to their end)."""
+        await self.log.assign(partitions)
+        self.assigned = self._wanted = frozenset(partitions)
+
+    def want(self, partitions: frozenset[int]) -> None:
+        """Read these partitions from the next fetch on: new ones are read to their end
+        (bootstrap mode) before they count as ready; dropped ones are no longer merged, and
+        their keys are deleted by the sweep once idle (which never changes a decision)."""
+        self._wanted = frozenset(partitions)
+
+    async def _reassign(self) -> None:
+        wanted, held = self._wanted, self.assigned
+        if wanted is None or held is None or wanted == held:
+            return
+        added, dropped = wanted - held, held - wanted
+        await self.log.assign(wanted)
+        self.assigned = wanted
+        for p in dropped:
+            self._catching_up.pop(p, None)
+            self.merged_offsets.pop(p, None)
+        if added:
+            ends = await self.log.end_offsets()
+            positions = await self.log.positions()
+            for p in added:
+                if positions.get(p, 0) < ends.get(p, 0):
+                    self._catching_up[p] = ends[p]
+            if self._catching_up and not self.engine.limiters_bootstrapping():
+                # History of a partition merged live would count as late debt: merge it as
+                # at start (every partition read meanwhile is merged the same way).
+                self.engine.set_bootstrapping(True, self.clock())
+        log.info(
+            "partitions now read: %s (added %s, dropped %s, reading to the end: %s)",
+            sorted(wanted),
+            sorted(added),
+            sorted(dropped),
+            sorted(self._catching_up),
+        )
+        self._ready_changed()
+
+    async def _check_caught_up(self) -> None:
+        positions = await self.log.positions()
+        done = [p for p, end in self._catching_up.items() if positions.get(p, 0) >= end]
+        if not done:
+            return
+        for p in done:
+            del self._catching_up[p]
+        if not self._catching_up:
+            self.engine.set_bootstrapping(False, self.clock())
+            self._note_silent_writers()
+        log.info("partitions %s read to their end: answering for their users", sorted(done))
+        self._ready_changed()
+
+    def _ready_changed(self) -> None:
+        for listener in self.ready_listeners:
+            listener()
 
     async def _load_snapshot(self, path: Path) -> None:
         """Load the state of the last graceful stop, then read the topic from its offsets."""
@@ -537,6 +614,7 @@ class Replicator:
         a broker error is waited out)."""
         while True:
             try:
+                await self._reassign()
                 records = await self.log.fetch(0.1, FETCH_MAX_RECORDS)
             except (RateLimiterError, OSError) as exc:
                 log.warning("fetch failed: %r", exc)
@@ -544,6 +622,8 @@ class Replicator:
                 continue
             if records:
                 await self._merge(records)
+            if self._catching_up:
+                await self._check_caught_up()
 
     async def _merge(self, records: list[LogRecord]) -> None:
         """Decode and merge peers' records, yielding to the event loop every slice."""

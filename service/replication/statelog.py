@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -89,10 +89,16 @@ class StateLog(Protocol):
         """Records after the current positions (possibly none once `timeout_s` passes)."""
         ...
 
+    async def assign(self, partitions: Collection[int]) -> None:
+        """Read only these partitions from now on (all are read after `start`): those read
+        already keep their positions, new ones are read from the beginning. `end_offsets`,
+        `positions` and `fetch` then cover these partitions only."""
+        ...
+
 
 class KafkaStateLog:
     """The state topic on Kafka: an idempotent producer and a group-less consumer that is
-    assigned all partitions (every node reads everything).
+    assigned all partitions (every node reads everything) unless told fewer (`assign`).
 
     Clients are made by `start()` (which creates or verifies the topic first), so one can
     be built outside the event loop and `start()` retried after a failure.
@@ -241,6 +247,32 @@ class KafkaStateLog:
         for tp in self._tps:
             if tp.partition in offsets:
                 consumer.seek(tp, offsets[tp.partition])
+
+    async def assign(self, partitions: Collection[int]) -> None:
+        consumer = self._reader()
+        wanted = sorted(set(partitions))
+        for p in wanted:
+            if not 0 <= p < self.partitions:
+                raise PublishFailed(f"no partition {p} in topic {self.topic!r}")
+        # aiokafka's assign() forgets every position: keep those of partitions read already
+        # (their fetched but unreturned records are fetched again from there).
+        try:
+            kept = {
+                tp: int(await consumer.position(tp)) for tp in self._tps if tp.partition in wanted
+            }
+        except KafkaError as exc:
+            raise BrokerError(f"reading positions of {self.topic!r} failed: {exc!r}") from exc
+        tps = [TopicPartition(self.topic, p) for p in wanted]
+        consumer.assign(tps)
+        for tp, offset in kept.items():
+            consumer.seek(tp, offset)
+        fresh = [tp for tp in tps if tp not in kept]
+        self._tps = tps
+        if fresh:
+            try:
+                await consumer.seek_to_beginning(*fresh)
+            except KafkaError as exc:
+                raise BrokerError(f"seeking in {self.topic!r} failed: {exc!r}") from exc
 
     async def fetch(self, timeout_s: float, max_records: int) -> list[LogRecord]:
         try:

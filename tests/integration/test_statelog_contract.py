@@ -103,6 +103,33 @@ def sample_records(tag: str, per_partition: int = 4) -> list[OutRecord]:
 
 
 class TestStateLogContract:
+    async def test_assign_reads_only_those_partitions_and_keeps_positions(
+        self, backend: Backend
+    ) -> None:
+        writer = await backend.client()
+        sent = sample_records("assign")
+        await writer.publish(sent)
+        expected = by_partition([LogRecord(r.key, r.value, r.partition, 0, 0) for r in sent])
+        reader = await backend.client()
+        await reader.assign([1])
+
+        assert set(await reader.end_offsets()) == {1}
+        assert set(await reader.positions()) == {1}
+        got = by_partition(await read_to_end(reader))
+        assert got == {1: expected[1]}
+
+        # Partition 1 keeps its position (nothing read twice); partition 2, new, is read
+        # from its beginning; partition 0 is not read at all.
+        await writer.publish([OutRecord(b"late-1", b"{}", 1), OutRecord(b"late-0", b"{}", 0)])
+        await reader.assign([1, 2])
+        got = by_partition(await read_to_end(reader))
+        assert got == {1: [(b"late-1", b"{}")], 2: expected[2]}
+
+        await reader.assign([2])
+        await writer.publish([OutRecord(b"later-1", b"{}", 1)])
+        assert await read_to_end(reader) == []
+        assert set(await reader.positions()) == {2}
+
     async def test_seek_reads_on_from_the_offsets_given(self, backend: Backend) -> None:
         writer = await backend.client()
         sent = sample_records("seek")

@@ -1,0 +1,1 @@
+"""Cluster membership: nodes announce themselves on a compacted topic; owners by rendezvous."""

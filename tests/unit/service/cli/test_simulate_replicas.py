@@ -1,0 +1,27 @@
+"""`ratelimiter simulate --replicas R`: the bound with N replaced by R, forward fractions."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.cli.simulate import forward_fraction
+from service.errors import ConfigError
+from service.settings import load_settings
+
+
+def test_forward_fractions_by_policy() -> None:
+    assert forward_fraction(6, 2, "round-robin") == pytest.approx(4 / 6)
+    assert forward_fraction(6, 2, "owner-aware") == 0.0
+    assert forward_fraction(6, 2, "consistent-hash") == pytest.approx(4 / 6, abs=0.05)
+    assert forward_fraction(3, 5, "round-robin") == 0.0  # R >= N: every node owns all
+
+
+def test_replicas_settings() -> None:
+    assert load_settings().replica_count is None
+    settings = load_settings(replicas="2", kafka="127.0.0.1:9092", port=8123)
+    assert settings.replica_count == 2
+    assert settings.advertised_address == "127.0.0.1:8123"
+    with pytest.raises(ConfigError, match="replicas"):
+        load_settings(replicas="0")
+    with pytest.raises(ConfigError, match="member_expiry_s"):
+        load_settings(replicas="2", heartbeat_s=2, member_expiry_s=1)

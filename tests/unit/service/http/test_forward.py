@@ -1,0 +1,192 @@
+"""Forwarding on loopback: two nodes served by uvicorn in this process, --replicas 1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+
+from service.bootstrap import build_node
+from service.clock import ORIGIN
+from service.http.app import create_app
+from service.http.fastpath import FastPath
+from service.local.process import free_port
+from service.membership.rendezvous import owners
+from service.node import Node
+from service.replication.codec import partition_for_user
+from service.settings import load_settings
+from service.testing import MemoryLog, MemoryMembers, MemoryMembersLog, MemoryStateLog
+from tests.service_helpers import served, wait_for
+
+PARTITIONS = 4
+
+
+@dataclass
+class Served:
+    node: Node
+    port: int
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    asgi: FastPath
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop_serving(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+    async def stop(self) -> None:
+        if not self.task.done():
+            await self.stop_serving()
+        await self.node.stop()
+        assert self.asgi.router is not None
+        self.asgi.router.forwarder.close()  # what the lifespan does
+
+
+async def serve(log: MemoryLog, members: MemoryMembers, node_id: str, **more: str) -> Served:
+    port = free_port()
+    settings = load_settings(
+        kafka="127.0.0.1:1",
+        rules_topic="none",
+        node_id=node_id,
+        port=port,
+        partitions=PARTITIONS,
+        flush_ms=5,
+        replicas="1",
+        heartbeat_s=0.05,
+        member_expiry_s=0.5,
+        rate=1,
+        burst=5,
+        **more,
+    )
+    node = build_node(
+        settings,
+        clock=lambda: time.time() - ORIGIN,
+        state_log=MemoryStateLog(log),
+        members_log=MemoryMembersLog(members),
+    )
+    asgi: FastPath = served(create_app(settings, node))
+    # The node is started and stopped here, so its HTTP server can go while it still
+    # heartbeats (an owner that peers cannot reach).
+    config = uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    await node.start()
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started, 10, f"{node_id} serving")
+    await node.wait_ready(10)
+    return Served(node, port, server, task, asgi)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Served, Served]]:
+    log, members = MemoryLog(PARTITIONS), MemoryMembers()
+    a = await serve(log, members, "a")
+    b = await serve(log, members, "b")
+    try:
+        await wait_for(
+            lambda: all(
+                s.node.placement is not None
+                and len(s.node.placement.live) == 2
+                and s.node.placement.ready
+                == frozenset(
+                    p for p in range(PARTITIONS) if owners(p, "ab", 1) == [s.node.settings.node_id]
+                )
+                for s in (a, b)
+            ),
+            5,
+            "a and b each answer for their own partitions",
+        )
+        yield a, b
+    finally:
+        for s in (a, b):
+            with contextlib.suppress(Exception):
+                await s.stop()
+
+
+def user_of(owner: str) -> str:
+    return next(
+        u
+        for i in range(10_000)
+        if owners(partition_for_user(u := f"u{i}", PARTITIONS), "ab", 1) == [owner]
+    )
+
+
+def forwarded(node: Node, outcome: str) -> float:
+    value = node.metrics.registry.get_sample_value(
+        "ratelimiter_forwarded_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_a_non_owner_forwards_protected_check_and_keys_to_the_owner(
+    pair: tuple[Served, Served],
+) -> None:
+    a, b = pair
+    user = user_of("b")
+    async with httpx.AsyncClient() as client:
+        codes = []
+        for _ in range(7):
+            response = await client.post(f"{a.url}/protected", headers={"X-User-ID": user})
+            assert response.headers["x-ratelimiter-answered-by"] == "b"
+            assert "ratelimit-policy" in response.headers
+            assert response.headers["content-type"] == "application/json"
+            codes.append(response.status_code)
+        assert codes == [200] * 5 + [429] * 2  # one bucket, at the owner
+        assert "retry-after" in response.headers
+        # Nothing was decided on a: every admission is b's.
+        view = (await client.get(f"{a.url}/v1/keys/{user}")).json()
+        assert view["node"] == "b"
+        assert view["consumed"] == 5
+        assert view["contributions"] == {b.node.replica: 5}
+        check = await client.post(f"{a.url}/v1/check", json={"key": user, "cost": 1})
+        assert check.status_code == 200
+        assert check.json()["allowed"] is False
+        assert check.headers["x-ratelimiter-answered-by"] == "b"
+        # A user a owns is answered by a itself.
+        own = await client.post(f"{a.url}/protected", headers={"X-User-ID": user_of("a")})
+        assert own.status_code == 200
+        assert "x-ratelimiter-answered-by" not in own.headers
+    assert forwarded(a.node, "forwarded") == 9
+    assert forwarded(b.node, "forwarded") == 0
+
+
+async def test_a_forwarded_request_is_never_forwarded_again(pair: tuple[Served, Served]) -> None:
+    a, _ = pair
+    user = user_of("b")
+    async with httpx.AsyncClient() as client:
+        # Sent to a as if forwarded by b: a answers it itself (no loop).
+        response = await client.post(
+            f"{a.url}/protected", headers={"X-User-ID": user, "X-RateLimiter-Forwarded": "b"}
+        )
+    assert response.status_code == 200
+    assert "x-ratelimiter-answered-by" not in response.headers
+    assert forwarded(a.node, "forwarded") == 0
+    assert a.node.engine.view(user, a.node.rules.default).contributions == {a.node.replica: 1}
+
+
+async def test_an_unreachable_owner_means_a_local_decision_within_the_budget(
+    pair: tuple[Served, Served],
+) -> None:
+    a, b = pair
+    user = user_of("b")
+    await b.stop_serving()  # unreachable; it still heartbeats and claims its partitions
+    assert a.node.placement is not None
+    route = a.node.placement.route(user)
+    assert route is not None
+    assert [m.node for m in route] == ["b"]
+    async with httpx.AsyncClient() as client:
+        started = time.perf_counter()
+        response = await client.post(f"{a.url}/protected", headers={"X-User-ID": user})
+        took = time.perf_counter() - started
+    assert response.status_code == 200
+    assert "x-ratelimiter-answered-by" not in response.headers
+    assert took < 1.0
+    assert forwarded(a.node, "unreachable") + forwarded(a.node, "no_owner") == 1
