@@ -4,7 +4,6 @@ not ready), and users of both nodes are never denied for its clock."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -75,14 +74,20 @@ async def test_a_node_an_hour_ahead_corrects_itself_before_deciding(start: Start
     assert sample(ahead, "ratelimiter_clock_offset_seconds") == pytest.approx(-HOUR, abs=0.2)
     assert (await ahead_client.get("/readyz")).status_code == 200
 
-    # Alice sends at half her rate (5/s), alternating nodes: never denied.
+    # Alice spends half her burst, alternating nodes, each request seen by the other node
+    # before the next: never denied. (Uncorrected, the ahead node's floors would put her
+    # TAT far past now on the honest node, which would then deny her.)
     statuses = []
-    for i in range(20):
-        client = honest_client if i % 2 else ahead_client
+    for i in range(10):
+        client, other = (honest_client, ahead_client) if i % 2 else (ahead_client, honest_client)
         response = await client.post("/protected", headers={"X-User-ID": "alice"})
         statuses.append(response.status_code)
-        await asyncio.sleep(0.2)  # the client's pace, not a wait for a condition
-    assert statuses == [200] * 20
+
+        async def seen(peer: httpx.AsyncClient = other, count: int = i + 1) -> bool:
+            return bool((await peer.get("/v1/keys/alice")).json()["consumed"] == count)
+
+        await wait_for(seen, within=5, what=f"request {i + 1} merged by the other node")
+    assert statuses == [200] * 10
 
     # Consumption admitted on the corrected node counts on the honest one, in time.
     async def merged() -> bool:
