@@ -615,17 +615,23 @@ def test_late_cells_after_a_partition_are_counted_once_and_conservatively(
     now = cluster.final_seconds()
     deltas = [d for _, d in cluster.sent]
     join = _receiver(cluster.limit, cluster.timing, deltas, now)
+    # Debt that puts a floor beyond now + C/r + the seal horizon is clamped on receipt
+    # (issue 11: a clock or a writer far ahead must not lock users out), so it is
+    # forgiven, and the lattice figures below hold only where no receiver clamped.
+    clamped = bool(join.stats.entry_problems) or any(s.stats.entry_problems for s in cluster.stores)
     for key in KEYS:
         expected = join.view(key, now)
         fold = fold_tat([d for d in deltas if d.key == key], cluster.limit.policy.interval)
-        assert expected.tat == pytest.approx(fold, abs=1e-9)
+        if not clamped:
+            assert expected.tat == pytest.approx(fold, abs=1e-9)
         for store in cluster.stores:
             view = store.view(key, now)
             assert view.contributions == expected.contributions, (store.replica, key)
-            # Debt stacks on this node's own floor of the sealed epoch; the late
-            # writer's floor there may have been later, by less than one epoch.
-            slack = cluster.timing.epoch
-            assert view.tat >= expected.tat - slack - 1e-9, (store.replica, key)
+            if not clamped:
+                # Debt stacks on this node's own floor of the sealed epoch; the late
+                # writer's floor there may have been later, by less than one epoch.
+                slack = cluster.timing.epoch
+                assert view.tat >= expected.tat - slack - 1e-9, (store.replica, key)
 
 
 @pytest.mark.xfail(
