@@ -16,6 +16,8 @@ bound" section derives it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from crdt.errors import InvalidParameter
 
 
@@ -42,7 +44,18 @@ def interval_excess_bound(
     after d, so together they keep to about one bucket during D).
     """
     _check(nodes, regions, delay, region_delay)
-    writers = regions * nodes
+    return regions_excess_bound(capacity, rate, [nodes] * regions, delay, region_delay)
+
+
+def regions_excess_bound(
+    capacity: float, rate: float, sizes: Sequence[int], delay: float, region_delay: float
+) -> float:
+    """interval_excess_bound for regions of unequal sizes: C + (W-1)(C + r d) + (R-1) r D
+    with W the writers of every region and R = len(sizes) (the derivation is the same)."""
+    if not sizes or min(sizes) < 1:
+        raise InvalidParameter(f"every region needs a node, got sizes {list(sizes)}")
+    _check(1, 1, delay, region_delay)
+    writers, regions = sum(sizes), len(sizes)
     return (
         capacity + (writers - 1) * (capacity + rate * delay) + (regions - 1) * rate * region_delay
     )
