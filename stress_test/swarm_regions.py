@@ -124,7 +124,8 @@ def regional_figures(
             continue
         per_key[r.key].append(r)
         ideal_cost[r.key] += r.cost if ok else 0
-    bound_cost = admitted_cost = 0.0
+    bound_cost = 0.0
+    admitted_cost = 0
     over: list[str] = []
     worst: tuple[float, str] = (float("-inf"), "")
     for key, sent in per_key.items():
