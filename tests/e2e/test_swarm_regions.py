@@ -11,6 +11,7 @@ takes the regions' node URLs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.e2e
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _check_regional_report(out: Path, regions: dict[str, list[str]]) -> dict[str, object]:
+def _check_regional_report(out: Path, regions: dict[str, list[str]]) -> dict[str, Any]:
     figures = orjson.loads((out / "summary.json").read_bytes())
     assert figures["errors"] == 0
     assert figures["denied"] > 0  # hot_key users are over the limit
@@ -43,7 +44,7 @@ def _check_regional_report(out: Path, regions: dict[str, list[str]]) -> dict[str
     summary = (out / "summary.md").read_text()
     assert "## Regions" in summary
     assert (out / "regions.png").read_bytes()[:8] == PNG
-    return dict(regional)
+    return dict(regional)  # the summary's "regions" object
 
 
 def test_the_swarm_drives_running_nodes_grouped_by_region(
@@ -53,9 +54,7 @@ def test_the_swarm_drives_running_nodes_grouped_by_region(
     args = ("--topic", topic, "--rate", "10", "--burst", "20")
     nodes = {name: [spawn(f"{name}-{i}", kafka_bootstrap, *args) for i in (1, 2)]
              for name in ("east", "west")}  # fmt: skip
-    specs = [
-        f"{name}={','.join(n.url for n in members)}" for name, members in nodes.items()
-    ]
+    specs = [f"{name}={','.join(n.url for n in members)}" for name, members in nodes.items()]
     flags = [f for spec in specs for f in ("--region-nodes", spec)]
 
     # The swarm checks the nodes' limit before it starts (a wrong --burst says so).
@@ -73,7 +72,7 @@ def test_the_swarm_drives_running_nodes_grouped_by_region(
         out, {"east": ["east-1", "east-2"], "west": ["west-1", "west-2"]}
     )
     assert regional["mode"] == "running regional nodes (--region-nodes)"
-    assert regional["local_lag_ms"]["samples"] > 0  # type: ignore[index]
+    assert regional["local_lag_ms"]["samples"] > 0
 
 
 def test_the_swarm_rehearses_regions_as_node_groups_on_one_topic(
