@@ -9,8 +9,9 @@ rate, for every interval (s, t]:
     A(s,t] <= C + r(t-s) + (R*N - 1)(C + r*d) + (R - 1) * r * D
 
 with R regions of N writers each. R = 1 is the single-region bound; D = 0 is one region
-of R*N writers. `interval_excess_bound` is the part beyond r(t-s), reached by an
-adversarial load (see crdt.simulator's `adversarial` traffic); the README's "Regions: the
+of R*N writers. `interval_excess_bound` is the part beyond r(t-s); an adversarial load
+(crdt.simulator's `adversarial` traffic) reaches it with one region, one node per region
+or D = 0, and comes within R*r*min(d, D) of it otherwise. The README's "Regions: the
 bound" section derives it.
 """
 

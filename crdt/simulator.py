@@ -171,27 +171,31 @@ def _arrivals(cfg: SimConfig, rng: random.Random) -> list[tuple[float, int, int]
 
 
 def _adversarial(cfg: SimConfig) -> list[tuple[float, int, int]]:
-    """The load that reaches the bound (crdt.bounds), the same for every user; ignores rps.
+    """The load that comes closest to the bound (crdt.bounds); the same for every user,
+    and it ignores rps.
 
-    For D = region_delay (0 with one region): one node per region admits at exactly r
-    during (0, D], which keeps every view full while no region sees another's; then at D
-    every node bursts for the local sync delay d: C requests at once, then one every
-    1/(8r). Over (0, D + d] that admits R*r*D + R*N*(C + r*d), the bound minus what the
-    simulator's discreteness loses (under a token and r*flush per node).
+    For D = region_delay (0 with one region): one node per region admits at exactly r,
+    which keeps every view full while no region sees another's; then at D every node
+    bursts for the local sync delay d: C requests at once, then one every 1/(8r). With
+    several nodes per region the stream stops d before the bursts, else its last d would
+    reach the region's other nodes during their bursts and take their refill. Over
+    (0, D + d] that admits the bound less R*r*min(d, D) with N >= 2 (less nothing with
+    N = 1), less the simulator's discreteness (under a token and r*flush per node).
     """
     d = cfg.sync_delay
-    lead = cfg.region_delay if cfg.regions > 1 else 0.0
+    burst_at = cfg.region_delay if cfg.regions > 1 else 0.0
+    stream_end = burst_at if cfg.nodes == 1 else max(0.0, burst_at - d)
     times: list[tuple[float, int]] = []
     k = 0
-    while k / cfg.rate < lead:
+    while k / cfg.rate < stream_end:
         times.extend((k / cfg.rate, region * cfg.nodes) for region in range(cfg.regions))
         k += 1
     step = 1 / (8 * cfg.rate)
     for node in range(cfg.writers):
-        times.extend((lead, node) for _ in range(cfg.burst))
+        times.extend((burst_at, node) for _ in range(cfg.burst))
         k = 1
         while k * step <= d:
-            times.append((lead + k * step, node))
+            times.append((burst_at + k * step, node))
             k += 1
     times.sort()
     return [(t, node, user) for t, node in times if t < cfg.seconds for user in range(cfg.users)]

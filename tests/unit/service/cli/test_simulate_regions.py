@@ -46,7 +46,8 @@ def test_the_adversarial_load_is_printed_close_to_its_bound(
     )  # fmt: skip
 
     excess, bound = float(row["max_interval_excess"]), float(row["interval_bound"])  # type: ignore[arg-type]
-    assert bound - 6 * (1 + 50 * 0.005) <= excess <= bound
+    # Within discreteness (a token and r*flush per writer) and R*r*d (see crdt.simulator).
+    assert bound - 6 * (1 + 50 * 0.005) - 2 * 50 * 0.025 <= excess <= bound
 
 
 def test_the_table_names_the_regional_formula(capsys: pytest.CaptureFixture[str]) -> None:
