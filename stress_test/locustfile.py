@@ -85,6 +85,15 @@ def parse_hosts(text: str) -> tuple[list[str], list[list[int]]]:
     return urls, list(regions.values())
 
 
+def pick_node(turn: int, count: int, groups: list[list[int]]) -> int:
+    """The node of a user's `turn`-th request: with two regions or more, alternate regions
+    and go round-robin inside each; else round-robin over all `count` nodes."""
+    if len(groups) > 1:
+        group = groups[turn % len(groups)]
+        return group[(turn // len(groups)) % len(group)]
+    return turn % count
+
+
 HOSTS = Hosts()
 # Every request: (unix time sent, key, cost, outcome, node index); written at exit.
 RECORDS: list[tuple[float, str, int, int, int]] = []
@@ -119,12 +128,7 @@ class SwarmUser(FastHttpUser):
     def _node(self) -> tuple[int, str]:
         urls = HOSTS.get() or [str(self.host)]
         self._turn += 1
-        groups = HOSTS.groups
-        if len(groups) > 1:  # alternate regions, round-robin inside the region
-            group = groups[self._turn % len(groups)]
-            index = group[(self._turn // len(groups)) % len(group)]
-        else:
-            index = self._turn % len(urls)
+        index = pick_node(self._turn, len(urls), HOSTS.groups)
         return index, urls[index]
 
     def protected(self, key: str) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from crdt.bounds import regions_excess_bound
@@ -164,3 +167,37 @@ def test_the_recorded_rehearsal_run_draws_its_regional_report(tmp_path: Path) ->
     again = load_run(tmp_path)
     assert again.probes == run.probes
     assert again.config["regions"] == REGIONS
+
+
+LOCUSTFILE_PICKS = """
+import sys
+import orjson
+sys.path.insert(0, "stress_test")
+import locustfile
+text = "a http://h:1\\nb http://h:2/\\n\\na http://h:3\\nb http://h:4\\nb http://h:5\\n"
+urls, groups = locustfile.parse_hosts(text)
+plain = locustfile.parse_hosts("http://h:1\\nhttp://h:2\\n")
+picks = [locustfile.pick_node(turn, len(urls), groups) for turn in range(12)]
+print(orjson.dumps({"urls": urls, "groups": groups, "plain": plain, "picks": picks}).decode())
+"""
+
+
+def test_the_locustfile_alternates_regions_and_round_robins_inside_them() -> None:
+    # In a child process: importing Locust patches the standard library with gevent.
+    result = subprocess.run(
+        [sys.executable, "-c", LOCUSTFILE_PICKS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).parents[3],
+    )
+    out = orjson.loads(result.stdout.splitlines()[-1])
+    assert out["urls"] == [f"http://h:{i}" for i in range(1, 6)]
+    assert out["groups"] == [[0, 2], [1, 3, 4]]
+    assert out["plain"] == [["http://h:1", "http://h:2"], []]
+    # turn 0: a, 1: b, 2: a, 3: b ...; inside a region: its nodes in turn.
+    regions = ["a" if i in (0, 2) else "b" for i in out["picks"]]
+    assert regions == ["a", "b"] * 6
+    assert out["picks"][0::2] == [0, 2, 0, 2, 0, 2]
+    assert out["picks"][1::2] == [1, 3, 4, 1, 3, 4]
