@@ -167,7 +167,7 @@ MIRRORED = "running regional nodes (--region-nodes)"
 
 
 def check_config(config: SwarmConfig) -> None:
-    """SwarmFailed for combinations the runner does not support."""
+    """SwarmUsage for combinations the runner does not support."""
     if config.regional and config.scale_out_at is not None:
         raise SwarmUsage("--scale-out-at is not supported with regions")
     if config.region_nodes and config.regions > 1 and config.regions != len(config.region_nodes):
@@ -222,8 +222,9 @@ def run_swarm(config: SwarmConfig, progress: bool = True) -> Path:
             say(f"starting {config.nodes} nodes on {kafka}, topic {topic} ...")
             cluster.add(config.nodes)
         scraper.start()
+        probed: list[Target] = list(cluster.nodes) if regions else []
         started, ended, scale_out, probe = _swarm(
-            config, out, command, cluster.hosts_file, cluster, say
+            config, out, command, cluster.hosts_file, cluster, probed, say
         )
     finally:
         scraper.stop()
@@ -286,7 +287,8 @@ def _run_on_running_regions(
     ))  # fmt: skip
     scraper.start()
     try:
-        started, ended, _, probe = _swarm(config, out, command, hosts_file, None, say)
+        probed: list[Target] = list(targets)
+        started, ended, _, probe = _swarm(config, out, command, hosts_file, None, probed, say)
     finally:
         scraper.stop()
     run = SwarmRun(
@@ -310,9 +312,11 @@ def _swarm(
     command: list[str],
     hosts_file: Path,
     cluster: Cluster | None,
+    probed: list[Target],
     say: Callable[[str], None],
 ) -> tuple[float, float, tuple[str, float, float] | None, LagProbe | None]:
-    """Run Locust over the hosts file (and the lag probe with regions) until it ends."""
+    """Run Locust over the hosts file until it ends, and the lag probe over `probed` (the
+    nodes of every region; none without regions)."""
     env = {
         **os.environ,
         "SWARM_HOSTS_FILE": str(hosts_file),
@@ -320,12 +324,7 @@ def _swarm(
         "SWARM_RATE": f"{config.rate:g}",
         "SWARM_BURST": str(config.burst),
     }
-    probe: LagProbe | None = None
-    if config.regional:
-        targets: list[Target] = (
-            list(cluster.nodes) if cluster is not None else list(resolve_region_nodes(config)[0])
-        )
-        probe = LagProbe(targets, interval_s=config.probe_s)
+    probe = LagProbe(probed, interval_s=config.probe_s) if probed else None
     say(f"swarm: {config.users} users, scenario {config.scenario}, {config.seconds:g}s ...")
     started = time.time()
     scale_out: tuple[str, float, float] | None = None
