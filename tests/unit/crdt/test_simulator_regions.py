@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt.bounds import admission_bound, interval_excess_bound, pairwise_excess_bound
+from crdt.bounds import (
+    admission_bound,
+    interval_excess_bound,
+    pairwise_excess_bound,
+    regions_excess_bound,
+)
 from crdt.errors import InvalidParameter
 from crdt.policy import EPS_TIME
 from crdt.simulator import TRAFFIC, SimConfig, simulate
@@ -139,6 +144,17 @@ def test_the_regional_bound_is_never_looser_than_the_pairwise_sum(
 def test_invalid_region_configs_raise(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidParameter):
         SimConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_regions_of_unequal_sizes_count_every_writer_once() -> None:
+    """C + (W-1)(C + r d) + (R-1) r D with W the writers of all regions."""
+    assert regions_excess_bound(20, 10.0, [1, 3], 0.05, 1.0) == pytest.approx(20 + 3 * 20.5 + 10.0)
+    assert regions_excess_bound(20, 10.0, [2, 2], 0.05, 1.0) == interval_excess_bound(
+        20, 10.0, 2, 0.05, 2, 1.0
+    )
+    for sizes in ([], [0, 2]):
+        with pytest.raises(InvalidParameter):
+            regions_excess_bound(20, 10.0, sizes, 0.05, 1.0)
 
 
 def test_invalid_bound_inputs_raise() -> None:
