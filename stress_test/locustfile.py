@@ -12,7 +12,9 @@ Environment:
 - SWARM_HOSTS: comma-separated node base URLs (default: Locust's --host); requests are
   spread round-robin across them from a random start per user, as a load balancer would.
 - SWARM_HOSTS_FILE: a file of base URLs, one per line, re-read when it changes (the swarm
-  runner appends a node there when it scales out).
+  runner appends a node there when it scales out). A line `REGION URL` puts the node in a
+  region: with two regions or more, each user's requests alternate between regions and go
+  round-robin over a region's nodes (`ratelimiter swarm --regions` / `--region-nodes`).
 - SWARM_RATE, SWARM_BURST: the configured limit (default 10/s, 20), to size the load.
 - SWARM_RECORD_DIR: when set, every request is written there at exit as
   `requests-<pid>.csv` (t, key, cost, outcome, node): the swarm runner replays them
@@ -50,6 +52,7 @@ class Hosts:
         self.path = os.environ.get("SWARM_HOSTS_FILE")
         fixed = os.environ.get("SWARM_HOSTS", "")
         self.urls = [u.strip().rstrip("/") for u in fixed.split(",") if u.strip()]
+        self.groups: list[list[int]] = []  # node indexes per region, in order of appearance
         self._mtime = -1.0
         self._checked = 0.0
         self.get()
@@ -64,9 +67,31 @@ class Hosts:
             mtime = os.stat(self.path).st_mtime
             if mtime != self._mtime:
                 self._mtime = mtime
-                lines = Path(self.path).read_text().split()
-                self.urls = [line.rstrip("/") for line in lines if line]
+                self.urls, self.groups = parse_hosts(Path(self.path).read_text())
         return self.urls
+
+
+def parse_hosts(text: str) -> tuple[list[str], list[list[int]]]:
+    """Lines `URL` or `REGION URL` -> (URLs, node indexes per region when any are named)."""
+    urls: list[str] = []
+    regions: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if len(words) > 1:
+            regions.setdefault(words[0], []).append(len(urls))
+        urls.append(words[-1].rstrip("/"))
+    return urls, list(regions.values())
+
+
+def pick_node(turn: int, count: int, groups: list[list[int]]) -> int:
+    """The node of a user's `turn`-th request: with two regions or more, alternate regions
+    and go round-robin inside each; else round-robin over all `count` nodes."""
+    if len(groups) > 1:
+        group = groups[turn % len(groups)]
+        return group[(turn // len(groups)) % len(group)]
+    return turn % count
 
 
 HOSTS = Hosts()
@@ -103,7 +128,7 @@ class SwarmUser(FastHttpUser):
     def _node(self) -> tuple[int, str]:
         urls = HOSTS.get() or [str(self.host)]
         self._turn += 1
-        index = self._turn % len(urls)
+        index = pick_node(self._turn, len(urls), HOSTS.groups)
         return index, urls[index]
 
     def protected(self, key: str) -> None:

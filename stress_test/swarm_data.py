@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 ADMITTED, ERROR = 1, -1
@@ -35,6 +35,16 @@ class Request(NamedTuple):
     node: int
 
 
+class LagSample(NamedTuple):
+    """One probe admission on `source`, first counted by `target` `lag` seconds after it
+    was sent (the regional swarm's lag probe)."""
+
+    at: float
+    source: str
+    target: str
+    lag: float
+
+
 @dataclass(frozen=True, slots=True)
 class SwarmRun:
     """Everything the runner observed; the report is computed from it and the files."""
@@ -45,6 +55,8 @@ class SwarmRun:
     nodes: list[str]
     samples: list[NodeSample]
     scale_out: tuple[str, float, float] | None  # node id, asked at, ready and balanced at
+    probes: list[LagSample] = field(default_factory=list)
+    probe_admissions: int = 0
 
 
 def windows(

@@ -1,4 +1,5 @@
-"""PNG plots of a swarm (matplotlib, Agg backend): admitted rate vs limit, sync lag, accuracy."""
+"""PNG plots of a swarm (matplotlib, Agg backend): admitted rate vs limit, sync lag, accuracy,
+and with regions, admissions per region and the probed lags."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen first
 
 from stress_test.swarm_data import ADMITTED, Request, SwarmRun, windows
+from stress_test.swarm_regions import per_region_per_second
 
 MAX_KEYS_FOR_LIMIT_LINE = 1000
 
@@ -118,4 +120,47 @@ def draw(
     fig.savefig(out / "accuracy.png", dpi=100)
     plt.close(fig)
     names.append("accuracy.png")
+    if isinstance(run.config.get("regions"), dict):
+        names.append(draw_regions(out, run, requests, ideal))
     return names
+
+
+def draw_regions(
+    out: Path, run: SwarmRun, requests: Sequence[Request], ideal: Sequence[bool]
+) -> str:
+    """regions.png: admitted/s per region against the ideal bucket, and the probed lags."""
+    regions: dict[str, list[str]] = run.config["regions"]
+    where = {node: name for name, nodes in regions.items() for node in nodes}
+    region_of = [where.get(node, "?") for node in run.nodes]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for name, points in sorted(per_region_per_second(requests, region_of, run.started).items()):
+        top.plot(*zip(*points, strict=True), linewidth=1.5, label=f"region {name} admitted/s")
+    cluster = _per_second(requests, [r.outcome == ADMITTED for r in requests], run.started)
+    if cluster:
+        top.plot(*zip(*cluster, strict=True), linewidth=2.5, label="all regions admitted/s")
+    ideal_points = _per_second(requests, ideal, run.started)
+    if ideal_points:
+        top.plot(*zip(*ideal_points, strict=True), "k--", linewidth=1.5, label="ideal bucket")
+    top.set_ylabel("admitted cost per second")
+    top.set_title(f"Admissions per region ({len(regions)} regions, clients' records)")
+    top.set_ylim(bottom=0)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8, loc="upper right")
+    for same, label, marker in ((True, "same region", "o"), (False, "across regions", "x")):
+        points = [
+            (p.at - run.started, p.lag * 1000)
+            for p in run.probes
+            if (where.get(p.source) == where.get(p.target)) == same
+        ]
+        if points:
+            bottom.scatter(*zip(*points, strict=True), marker=marker, s=14, label=label)
+    bottom.set_xlabel("seconds since the swarm started")
+    bottom.set_ylabel("probed lag (ms)")
+    bottom.set_title("Admitted on one node to counted on another (lag probe)")
+    bottom.set_ylim(bottom=0)
+    bottom.grid(alpha=0.3)
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "regions.png", dpi=100)
+    plt.close(fig)
+    return "regions.png"

@@ -21,7 +21,8 @@ import orjson
 from crdt.policy import BucketPolicy
 from crdt.reference import ReferenceBucket
 from service.metrics import histogram_quantile
-from stress_test.swarm_data import ADMITTED, ERROR, NodeSample, Request, SwarmRun
+from stress_test import swarm_regions
+from stress_test.swarm_data import ADMITTED, ERROR, LagSample, NodeSample, Request, SwarmRun
 
 # -- analysis -----------------------------------------------------------------
 
@@ -167,7 +168,7 @@ def figures(
     ideal_cost = sum(r.cost for r, ok in zip(requests, ideal, strict=True) if ok)
     duration = (requests[-1].t - requests[0].t) if len(requests) > 1 else 0.0
     lag = lag_over_run(run.samples)
-    per_node = []
+    per_node: list[dict[str, Any]] = []
     for index, node in enumerate(run.nodes):
         points = by_node(run.samples).get(node, [])
         last = points[-1] if points else None
@@ -197,7 +198,9 @@ def figures(
         "keys": len({r.key for r in requests}),
         "duration_s": round(duration, 2),
         "throughput_rps": round(len(requests) / duration, 1) if duration else None,
-        "nodes_admitted": sum(n["admitted"] or 0 for n in per_node),
+        # The regional lag probe's own admissions are counted by the nodes, not the clients.
+        "nodes_admitted": sum(n["admitted"] or 0 for n in per_node) - run.probe_admissions,
+        "probe_admissions": run.probe_admissions,
         "latency_ms": {
             "p50": aggregated["50%"] if aggregated else None,
             "p90": aggregated["90%"] if aggregated else None,
@@ -213,7 +216,12 @@ def figures(
         "per_node": per_node,
         "locust": locust,
         "scale_out": None,
+        "regions": None,
     }
+    if isinstance(run.config.get("regions"), dict):
+        out["regions"] = swarm_regions.regional_figures(
+            run.config, run.nodes, requests, ideal, run.probes
+        )
     if run.scale_out is not None:
         node, asked, joined = run.scale_out
         pairs = list(zip(requests, ideal, strict=True))
@@ -247,6 +255,8 @@ def save_run(out: Path, run: SwarmRun) -> None:
         "ended": run.ended,
         "nodes": run.nodes,
         "scale_out": run.scale_out,
+        "probes": [list(p) for p in run.probes],
+        "probe_admissions": run.probe_admissions,
         # Bucket bounds as strings: JSON has no infinity ("inf" reads back with float()).
         "samples": [
             [*s[:4], {str(le): c for le, c in s.lag_buckets.items()}, *s[5:]] for s in run.samples
@@ -269,6 +279,8 @@ def load_run(out: Path) -> SwarmRun:
         nodes=doc["nodes"],
         samples=samples,
         scale_out=tuple(doc["scale_out"]) if doc["scale_out"] else None,
+        probes=[LagSample._make(p) for p in doc.get("probes", [])],
+        probe_admissions=doc.get("probe_admissions", 0),
     )
 
 
@@ -335,6 +347,8 @@ def markdown(n: dict[str, Any], plots: Sequence[str]) -> str:
             f"Accuracy before: **{so['accuracy_before']}**, after: **{so['accuracy_after']}**.",
             "",
         ]
+    if n.get("regions"):
+        lines += swarm_regions.markdown(n["regions"])
     lines += [
         "## Nodes",
         "",

@@ -10,9 +10,10 @@ import orjson
 import pytest
 
 from service.metrics import histogram_quantile
-from stress_test.swarm import SwarmConfig, SwarmFailed, locust_command, parse_metrics
+from stress_test.swarm import SwarmConfig, SwarmFailed, locust_command
 from stress_test.swarm_data import NodeSample, Request, SwarmRun
 from stress_test.swarm_report import fluid_limit, ideal_admissions, load_run, write_report
+from stress_test.swarm_scrape import parse_metrics
 
 EXPOSITION = """\
 # TYPE ratelimiter_decisions_total counter
