@@ -7,10 +7,11 @@ import argparse
 import orjson
 
 from crdt.simulator import TRAFFIC, Partition, SimConfig, SimResult, simulate
-from service.membership.rendezvous import owners, weight
+from service.membership.ketama import Ring
+from service.membership.rendezvous import owners
 from service.replication.codec import partition_for_user
 
-LB_POLICIES = ("round-robin", "consistent-hash", "owner-aware")
+LB_POLICIES = ("round-robin", "consistent-hash", "consistent-hash-partition", "owner-aware")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,15 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
 
 
-def forward_fraction(nodes: int, replicas: int, lb: str, users: int = 10_000) -> float:
-    """The share of requests a node forwards with each partition on `replicas` of `nodes`.
+def forward_fraction(
+    nodes: int, replicas: int, lb: str, users: int = 10_000, partitions: int = 12
+) -> float:
+    """The share of requests a node forwards with each partition on `replicas` of `nodes`
+    (users equally busy).
 
-    round-robin: a request lands on an owner with probability R/N, so (N-R)/N. consistent-
-    hash: each user always lands on the same node, an owner of its partition for about R/N
-    of the users (the LB's ring knows nothing of the owners), so about (N-R)/N of requests
-    under uniform traffic too, but always the same users. owner-aware: the balancer sends a
-    user to an owner (it computes the same rendezvous hash, or follows the owner named
-    by X-RateLimiter-Answered-By), so nothing is forwarded.
+    round-robin: a request lands on an owner with probability R/N, so (N-R)/N.
+    consistent-hash: nginx's `hash $http_x_user_id consistent` (its ketama ring, computed
+    here as nginx does) over the nodes; a user always lands on the same node, which owns
+    the user's partition for about R/N of users: the ring hashes the user, the owners
+    are chosen per partition, and each partition's users are spread over the whole ring.
+    consistent-hash-partition: the same ring keyed on the user's partition number (a header
+    an edge or the client sets): every user of a partition lands on one node, an owner
+    for about R/N of the partitions (the ring and rendezvous hashing pick independently).
+    owner-aware: the balancer sends a user to an owner (it computes the same rendezvous
+    hash, or follows X-RateLimiter-Answered-By), so nothing is forwarded.
     """
     r = min(replicas, nodes)
     if lb == "round-robin":
@@ -68,12 +76,15 @@ def forward_fraction(nodes: int, replicas: int, lb: str, users: int = 10_000) ->
     if lb == "owner-aware":
         return 0.0
     members = [f"node-{i}" for i in range(nodes)]
-    partitions = 12
+    ring = Ring(f"{m}:8000" for m in members)  # nginx `server node-i:8000;` lines
+    held = [owners(p, members, r) for p in range(partitions)]
     forwarded = 0
     for i in range(users):
         user = f"user-{i}"
-        landed = members[weight(user, 0) % nodes]  # a hash of X-User-ID picks the node
-        if landed not in owners(partition_for_user(user, partitions), members, r):
+        partition = partition_for_user(user, partitions)
+        key = user if lb == "consistent-hash" else str(partition)
+        landed = ring.pick(key).rpartition(":")[0]
+        if landed not in held[partition]:
             forwarded += 1
     return forwarded / users
 

@@ -25,3 +25,10 @@ def test_replicas_settings() -> None:
         load_settings(replicas="0")
     with pytest.raises(ConfigError, match="member_expiry_s"):
         load_settings(replicas="2", heartbeat_s=2, member_expiry_s=1)
+
+
+def test_consistent_hash_on_the_user_or_the_partition_forwards_n_minus_r_over_n() -> None:
+    # The ring hashes what the balancer is keyed on; the owners are per partition: a user
+    # lands on an owner only about R/N of the time either way.
+    for lb in ("consistent-hash", "consistent-hash-partition"):
+        assert forward_fraction(12, 2, lb, partitions=256) == pytest.approx(10 / 12, abs=0.05)
