@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="round-robin",
         help="load-balancer policy in front of the N nodes, for the forward fraction",
     )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=12,
+        help="state topic partitions, for the forward fraction",
+    )
     parser.add_argument("--traffic", choices=TRAFFIC, default="steady")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
@@ -89,13 +95,38 @@ def forward_fraction(
     return forwarded / users
 
 
-def _row(result: SimResult, nodes: int, replicas: int | None, lb: str) -> dict[str, object]:
+def least_forward_fraction(
+    nodes: int, replicas: int, users: int = 10_000, partitions: int = 12
+) -> float:
+    """The least share of requests forwarded behind nginx's `hash $http_x_user_id
+    consistent` by ANY choice of R owners per partition: each partition's owners being the
+    R nodes the balancer sends most of its users to. The ring hashes users, not partitions,
+    so each partition's users spread over every node's arcs and about (N-R)/N still land
+    elsewhere: no placement by partition makes a user-keyed balancer agree."""
+    r = min(replicas, nodes)
+    ring = Ring(f"node-{i}:8000" for i in range(nodes))
+    landed: list[dict[str, int]] = [{} for _ in range(partitions)]
+    for i in range(users):
+        user = f"user-{i}"
+        counts = landed[partition_for_user(user, partitions)]
+        server = ring.pick(user)
+        counts[server] = counts.get(server, 0) + 1
+    kept = sum(sum(sorted(c.values(), reverse=True)[:r]) for c in landed)
+    return 1 - kept / users
+
+
+def _row(
+    result: SimResult, nodes: int, replicas: int | None, lb: str, partitions: int
+) -> dict[str, object]:
     cfg = result.config
     return {
         "nodes": nodes,
         "replicas": "all" if replicas is None else min(replicas, nodes),
         "forward_fraction": round(
-            0.0 if replicas is None else forward_fraction(nodes, replicas, lb), 4
+            0.0
+            if replicas is None
+            else forward_fraction(nodes, replicas, lb, partitions=partitions),
+            4,
         ),
         "delay_ms": cfg.delay * 1000,
         "requests": result.requests,
@@ -137,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 traffic=args.traffic,
                 seed=args.seed,
             )
-            rows.append(_row(simulate(cfg), nodes, args.replicas, args.lb))
+            rows.append(_row(simulate(cfg), nodes, args.replicas, args.lb, args.partitions))
     if args.json:
         for row in rows:
             print(orjson.dumps(row).decode())
