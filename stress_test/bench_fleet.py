@@ -29,7 +29,6 @@ import math
 import os
 import random
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,7 +62,7 @@ from stress_test.bench_processes import (
     system_busy_seconds,
     total,
 )
-from stress_test.bench_run import Bench
+from stress_test.bench_run import Bench, bench_main
 from stress_test.provenance import git_commit, header_lines, machine_info
 
 PROG = "python -m stress_test.bench_fleet"
@@ -578,12 +577,14 @@ class Sample(NamedTuple):
 
 @dataclass
 class FleetBench(Bench):
-    """Bench (options, work dir, lazy broker) with this benchmark's log prefix."""
+    """Bench (options, work dir, lazy broker) with a benchmark's log prefix."""
+
+    prog: str = "bench_fleet"
 
     def say(self, message: str) -> None:
         """Progress on stderr (stdout holds only the report)."""
         stamp = time.strftime("%H:%M:%S")
-        print(f"[bench_fleet {stamp}] {message}", file=sys.stderr, flush=True)
+        print(f"[{self.prog} {stamp}] {message}", file=sys.stderr, flush=True)
 
 
 def node_args(topic: str) -> list[str]:
@@ -888,10 +889,6 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def results_of(points: list[dict[str, Any]], rate: float) -> dict[str, Any]:
     """The points, the fit over them and the half-core fleet size."""
     fit, used = fit_points(points)
@@ -953,16 +950,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 with a report (failed writer counts say why), 2 on bad options."""
-    given = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(given)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        report = run(args, given)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; every process it started was stopped", file=sys.stderr)
-        return 130
-    print(json.dumps(report) if args.json else render_table(report))
-    return 0
+    return bench_main(PROG, argv, parse_args, run, render_table)
 
 
 if __name__ == "__main__":

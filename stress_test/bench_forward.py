@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import json
 import shlex
-import signal
 import statistics
 import sys
 import tempfile
@@ -34,6 +32,7 @@ from service.replication.codec import partition_for_user
 from stress_test.bench_fleet import FAILURES, FleetBench
 from stress_test.bench_half import percentile
 from stress_test.bench_processes import BenchError, bucket_quantile, buckets, node, scrape
+from stress_test.bench_run import bench_main
 from stress_test.loadgen import Connection
 from stress_test.provenance import git_commit, header_lines, machine_info
 
@@ -173,45 +172,44 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: exit 0 with a report, 2 on bad options."""
-    given = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true")
     p.add_argument("--requests", type=int, default=3000, help="per node per round (3000)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; medians over them (3)")
     p.add_argument("--kafka", metavar="HOST:PORT")
-    args = p.parse_args(given)
+    args = p.parse_args(argv)
     if args.requests < 100 or args.rounds < 1:
         p.error("--requests >= 100, --rounds >= 1")
-    signal.signal(signal.SIGTERM, _interrupt)
+    return args
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Both nodes and the rounds; always stops what was started (nodes, then broker)."""
     started = time.monotonic()
     report: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "stress_test.bench_forward", *given]),
+        "command": shlex.join(["python", "-m", "stress_test.bench_forward", *argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": git_commit(),
         "machine": machine_info(),
         "results": {},
         "skipped": "",
     }
-    try:
-        with contextlib.ExitStack() as stack:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_fwd-")))
-            bench = FleetBench(args, work, stack, None)
-            try:
-                report["results"] = measure(bench)
-            except FAILURES as exc:
-                report["skipped"] = str(exc)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; every process it started was stopped", file=sys.stderr)
-        return 130
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_fwd-")))
+        bench = FleetBench(args, work, stack, None, prog="bench_forward")
+        try:
+            report["results"] = measure(bench)
+        except FAILURES as exc:
+            report["skipped"] = str(exc)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
-    print(json.dumps(report) if args.json else render_table(report))
-    return 0
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: exit 0 with a report, 2 on bad options."""
+    return bench_main(PROG, argv, parse_args, run, render_table)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import math
 import os
 import random
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -79,6 +78,7 @@ from stress_test.bench_processes import (
     pid_of,
     total,
 )
+from stress_test.bench_run import bench_main
 from stress_test.provenance import git_commit, header_lines, machine_info
 
 PROG = "python -m stress_test.bench_scaleout"
@@ -528,10 +528,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Every (replicas, writers) point; always stops what was started."""
     started = time.monotonic()
@@ -549,7 +545,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     points: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_scaleout-")))
-        bench = FleetBench(args, work, stack, None)
+        bench = FleetBench(args, work, stack, None, prog="bench_scaleout")
         index = 0
         for writers in args.writers:
             for mode in args.modes:
@@ -577,16 +573,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 with a report (failed points say why), 2 on bad options."""
-    given = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(given)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        report = run(args, given)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; every process it started was stopped", file=sys.stderr)
-        return 130
-    print(json.dumps(report) if args.json else render_table(report))
-    return 0
+    return bench_main(PROG, argv, parse_args, run, render_table)
 
 
 if __name__ == "__main__":
