@@ -9,10 +9,11 @@ PYTEST_ARGS ?=
 # Debian packages the tests need, installed with apt when missing (as root, else with sudo):
 # Java and Maven run the real Kafka broker, Chromium renders the dashboard in the browser
 # test, docker-compose validates the compose file, faketime (libfaketime) sets one node's clock
-# ahead in the chaos test, python3-venv builds .venv. `make run`
+# ahead in the chaos test, nginx checks the consistent-hash ring against the real one,
+# python3-venv builds .venv. `make run`
 # needs none of them (without Java it starts a standalone node and says why).
 SYSTEM_PACKAGES := java:openjdk-17-jre-headless mvn:maven chromium:chromium curl:curl \
-	docker-compose:docker-compose faketime:faketime
+	docker-compose:docker-compose faketime:faketime nginx:nginx
 system:
 	@missing=""; \
 	for pair in $(SYSTEM_PACKAGES); do \

@@ -19,6 +19,7 @@ included; everything listens on loopback.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import datetime
@@ -28,15 +29,14 @@ import math
 import os
 import random
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from crdt.delta import Delta, Entry
 from service.bootstrap import new_incarnation
@@ -62,7 +62,7 @@ from stress_test.bench_processes import (
     system_busy_seconds,
     total,
 )
-from stress_test.bench_run import Bench
+from stress_test.bench_run import Bench, bench_main
 from stress_test.provenance import git_commit, header_lines, machine_info
 
 PROG = "python -m stress_test.bench_fleet"
@@ -107,18 +107,37 @@ def user_id(index: int) -> str:
     return f"user-{index:010d}"
 
 
-def extend_table(table: bytearray, size: int, partitions: int = PARTITIONS) -> None:
+# The partition of user_id(i) at i ("H": two bytes a user).
+Table: TypeAlias = "array.array[int]"
+
+
+def new_table() -> Table:
+    """An empty partition table (two bytes a user: at most 65,536 partitions)."""
+    return array.array("H")
+
+
+def extend_table(table: Table, size: int, partitions: int = PARTITIONS) -> None:
     """Grow `table` (partition of user_id(i) at i) to `size` entries with the codec's
     partitioner; precomputed because Kafka's murmur2 costs microseconds in Python."""
-    if partitions > 256:
-        raise ValueError("a partition table holds one byte per user: at most 256 partitions")
+    if partitions > 1 << 16:
+        raise ValueError("a partition table holds two bytes per user: at most 65536 partitions")
     table.extend(codec.partition_for_user(user_id(i), partitions) for i in range(len(table), size))
+
+
+class UserSource(Protocol):
+    """Where a simulated writer takes the fresh users it admits."""
+
+    taken: int
+
+    def take(self) -> tuple[str, int]:
+        """The next fresh user and its partition."""
+        ...
 
 
 class FreshUsers:
     """Users no writer has admitted yet in this run, with their partitions."""
 
-    def __init__(self, table: bytearray, partitions: int = PARTITIONS) -> None:
+    def __init__(self, table: Table, partitions: int = PARTITIONS) -> None:
         self.table = table
         self.partitions = partitions
         self.taken = 0
@@ -176,7 +195,7 @@ class SimWriter:
     recent: list[str] = field(default_factory=list)  # users admitted in this epoch
 
     def flush(
-        self, now: float, shape: Shape, users: FreshUsers, rng: random.Random
+        self, now: float, shape: Shape, users: UserSource, rng: random.Random
     ) -> list[Record]:
         """Admit the users due since the last flush (spread evenly over the interval) and
         return their deltas as batch records; `now` is the flush time (cluster seconds)."""
@@ -230,9 +249,15 @@ class SimWriter:
         return records
 
 
-def writer_ids(count: int) -> list[str]:
+def writer_node_ids(count: int) -> list[str]:
+    """The node ids of `count` simulated writers."""
+    return [f"fleet-writer-{i:02d}" for i in range(count)]
+
+
+def writer_ids(count: int, node_ids: Sequence[str] | None = None) -> list[str]:
     """Replica ids shaped like a node's (`<node-id>/<incarnation>`), one per writer."""
-    return [f"fleet-writer-{i:02d}/{new_incarnation()}" for i in range(count)]
+    nodes = writer_node_ids(count) if node_ids is None else list(node_ids)
+    return [f"{node}/{new_incarnation()}" for node in nodes[:count]]
 
 
 # -- fit (pure) ------------------------------------------------------------------------
@@ -360,19 +385,22 @@ def producer_main(spec_json: str) -> None:
     writers, rate = int(spec["writers"]), float(spec["rate"])
     duration = float(spec["warmup"]) + float(spec["secs"]) + TAIL_S
     # Every fresh user of the run, hashed before the start: not while producing.
-    table = _load_table(Path(spec["table"]), math.ceil(writers * rate * (duration + 1)) + 1000)
-    outcome = uvloop.run(_produce(spec, FreshUsers(table)))
+    table = load_table(Path(spec["table"]), math.ceil(writers * rate * (duration + 1)) + 1000)
+    users = FreshUsers(table)
+    outcome = uvloop.run(produce(spec, [users] * writers))
     Path(spec["output"]).write_text(json.dumps(outcome))
 
 
-def _load_table(path: Path, size: int) -> bytearray:
+def load_table(path: Path, size: int, partitions: int = PARTITIONS) -> Table:
     """The partition table kept in the work dir, grown to `size` (kept across writer counts:
     each count's run uses a fresh topic and node, so ids may repeat between counts)."""
-    table = bytearray(path.read_bytes()) if path.exists() else bytearray()
+    table = new_table()
+    if path.exists():
+        table.frombytes(path.read_bytes())
     if len(table) < size:
-        extend_table(table, size)
+        extend_table(table, size, partitions)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(bytes(table))
+        tmp.write_bytes(table.tobytes())
         tmp.replace(path)
     return table
 
@@ -387,7 +415,13 @@ def _wait_go(path: Path) -> float:
     return float(path.read_text())
 
 
-async def _produce(spec: dict[str, Any], users: FreshUsers) -> dict[str, Any]:
+async def produce(
+    spec: dict[str, Any],
+    sources: Sequence[UserSource],
+    before_ready: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Connect, await `before_ready`, write the ready file, wait for the start signal and
+    run the writers (writer i takes its users from `sources[i]`)."""
     from aiokafka import AIOKafkaProducer
 
     writers, warmup, secs = int(spec["writers"]), float(spec["warmup"]), float(spec["secs"])
@@ -402,9 +436,15 @@ async def _produce(spec: dict[str, Any], users: FreshUsers) -> dict[str, Any]:
     await producer.start()
     try:
         await producer.partitions_for(topic)
+        if before_ready is not None:
+            await before_ready()
         await asyncio.to_thread(Path(spec["ready"]).write_text, "ready")
         t0 = await asyncio.to_thread(_wait_go, Path(spec["go"]))
-        return await _run_writers(producer, topic, writers, shape, users, rng, t0, warmup, secs)
+        send = spec.get("send")
+        return await _run_writers(
+            producer, topic, writers, shape, sources, rng, t0, warmup, secs, spec.get("ids"),
+            None if send is None else frozenset(send),
+        )  # fmt: skip
     finally:
         await producer.stop()
 
@@ -414,21 +454,24 @@ async def _run_writers(
     topic: str,
     count: int,
     shape: Shape,
-    users: FreshUsers,
+    sources: Sequence[UserSource],
     rng: random.Random,
     t0: float,
     warmup: float,
     secs: float,
+    node_ids: Sequence[str] | None = None,
+    send: frozenset[int] | None = None,
 ) -> dict[str, Any]:
     """Writer i flushes at t0 + k * FLUSH_S + (i % PHASES) * FLUSH_S / PHASES (monotonic);
-    each phase's records of one partition go to the broker as one produce batch."""
+    each phase's records of one partition go to the broker as one produce batch; only the
+    records of partitions in `send` when given (the others are counted as unsent)."""
     window_start, window_end = t0 + warmup, t0 + warmup + secs
     end = window_end + TAIL_S
     delay = t0 - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
     to_cluster = system_clock() - time.monotonic()  # monotonic -> cluster seconds
-    ids = writer_ids(count)
+    ids = writer_ids(count, node_ids)
     offsets = [g * FLUSH_S / PHASES for g in range(PHASES)]
     groups = [
         [SimWriter(r, t0 + offsets[i % PHASES] - FLUSH_S + to_cluster) for i, r in enumerate(ids)
@@ -436,9 +479,10 @@ async def _run_writers(
         for g in range(PHASES)
     ]  # fmt: skip
     due = [t0 + off for off in offsets]
+    index = {replica: i for i, replica in enumerate(ids)}
     window, whole = Counts(), Counts()
     pending: list[tuple[Any, int]] = []
-    acked = failed = late = skipped = 0
+    acked = failed = late = skipped = unsent = unsent_window = 0
     max_late = 0.0
     while True:
         g = min(range(PHASES), key=due.__getitem__)
@@ -456,7 +500,11 @@ async def _run_writers(
         builders: dict[int, Any] = {}
         sent = Counts(flushes=len(groups[g]))
         for writer in groups[g]:
-            for record in writer.flush(now, shape, users, rng):
+            for record in writer.flush(now, shape, sources[index[writer.replica]], rng):
+                if send is not None and record.partition not in send:
+                    unsent += record.deltas
+                    unsent_window += window_start <= mono < window_end and record.deltas
+                    continue
                 builder = builders.get(record.partition)
                 if builder is None:
                     builder = builders[record.partition] = producer.create_batch()
@@ -506,7 +554,9 @@ async def _run_writers(
         "max_late_ms": round(max_late * 1000, 1),
         "skipped_slots": skipped,
         "dropped_deltas": round(sum(w.dropped for w in writers)),
-        "fresh_users": users.taken,
+        "fresh_users": sum({id(s): s.taken for s in sources}.values()),
+        "unsent_deltas": unsent,
+        "unsent_deltas_window": unsent_window,
         "window_s": secs,
     }
 
@@ -527,12 +577,14 @@ class Sample(NamedTuple):
 
 @dataclass
 class FleetBench(Bench):
-    """Bench (options, work dir, lazy broker) with this benchmark's log prefix."""
+    """Bench (options, work dir, lazy broker) with a benchmark's log prefix."""
+
+    prog: str = "bench_fleet"
 
     def say(self, message: str) -> None:
         """Progress on stderr (stdout holds only the report)."""
         stamp = time.strftime("%H:%M:%S")
-        print(f"[bench_fleet {stamp}] {message}", file=sys.stderr, flush=True)
+        print(f"[{self.prog} {stamp}] {message}", file=sys.stderr, flush=True)
 
 
 def node_args(topic: str) -> list[str]:
@@ -837,10 +889,6 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def results_of(points: list[dict[str, Any]], rate: float) -> dict[str, Any]:
     """The points, the fit over them and the half-core fleet size."""
     fit, used = fit_points(points)
@@ -902,16 +950,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 with a report (failed writer counts say why), 2 on bad options."""
-    given = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(given)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        report = run(args, given)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; every process it started was stopped", file=sys.stderr)
-        return 130
-    print(json.dumps(report) if args.json else render_table(report))
-    return 0
+    return bench_main(PROG, argv, parse_args, run, render_table)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,3 +84,28 @@ class Bench:
     def fresh_topic(self, what: str) -> str:
         """A new state topic name, so no run sees another's users."""
         return f"bench.{what}.{uuid.uuid4().hex[:10]}"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def bench_main(
+    prog: str,
+    argv: Sequence[str] | None,
+    parse: Callable[[Sequence[str]], argparse.Namespace],
+    run: Callable[[argparse.Namespace, Sequence[str]], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> int:
+    """A benchmark's entry point: parse the options, run (SIGTERM and Ctrl-C stop it after
+    what it started is stopped: 130), print the report as JSON (`--json`) or text."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parse(given)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = run(args, given)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+    print(json.dumps(report) if args.json else render(report))
+    return 0

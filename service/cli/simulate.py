@@ -8,10 +8,11 @@ import itertools
 import orjson
 
 from crdt.simulator import TRAFFIC, Partition, SimConfig, SimResult, simulate
-from service.membership.rendezvous import owners, weight
+from service.membership.ketama import Ring
+from service.membership.rendezvous import owners
 from service.replication.codec import partition_for_user
 
-LB_POLICIES = ("round-robin", "consistent-hash", "owner-aware")
+LB_POLICIES = ("round-robin", "consistent-hash", "consistent-hash-partition", "owner-aware")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,20 +64,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="round-robin",
         help="load-balancer policy in front of the N nodes, for the forward fraction",
     )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=12,
+        help="state topic partitions, for the forward fraction",
+    )
     parser.add_argument("--traffic", choices=TRAFFIC, default="steady")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
 
 
-def forward_fraction(nodes: int, replicas: int, lb: str, users: int = 10_000) -> float:
-    """The share of requests a node forwards with each partition on `replicas` of `nodes`.
+def forward_fraction(
+    nodes: int, replicas: int, lb: str, users: int = 10_000, partitions: int = 12
+) -> float:
+    """The share of requests a node forwards with each partition on `replicas` of `nodes`
+    (users equally busy).
 
-    round-robin: a request lands on an owner with probability R/N, so (N-R)/N. consistent-
-    hash: each user always lands on the same node, an owner of its partition for about R/N
-    of the users (the LB's ring knows nothing of the owners), so about (N-R)/N of requests
-    under uniform traffic too, but always the same users. owner-aware: the balancer sends a
-    user to an owner (it computes the same rendezvous hash, or follows the owner named
-    by X-RateLimiter-Answered-By), so nothing is forwarded.
+    round-robin: a request lands on an owner with probability R/N, so (N-R)/N.
+    consistent-hash: nginx's `hash $http_x_user_id consistent` (its ketama ring, computed
+    here as nginx does) over the nodes; a user always lands on the same node, which owns
+    the user's partition for about R/N of users: the ring hashes the user, the owners
+    are chosen per partition, and each partition's users are spread over the whole ring.
+    consistent-hash-partition: the same ring keyed on the user's partition number (a header
+    an edge or the client sets): every user of a partition lands on one node, an owner
+    for about R/N of the partitions (the ring and rendezvous hashing pick independently).
+    owner-aware: the balancer sends a user to an owner (it computes the same rendezvous
+    hash, or follows X-RateLimiter-Answered-By), so nothing is forwarded.
     """
     r = min(replicas, nodes)
     if lb == "round-robin":
@@ -84,24 +98,52 @@ def forward_fraction(nodes: int, replicas: int, lb: str, users: int = 10_000) ->
     if lb == "owner-aware":
         return 0.0
     members = [f"node-{i}" for i in range(nodes)]
-    partitions = 12
+    ring = Ring(f"{m}:8000" for m in members)  # nginx `server node-i:8000;` lines
+    held = [owners(p, members, r) for p in range(partitions)]
     forwarded = 0
     for i in range(users):
         user = f"user-{i}"
-        landed = members[weight(user, 0) % nodes]  # a hash of X-User-ID picks the node
-        if landed not in owners(partition_for_user(user, partitions), members, r):
+        partition = partition_for_user(user, partitions)
+        key = user if lb == "consistent-hash" else str(partition)
+        landed = ring.pick(key).rpartition(":")[0]
+        if landed not in held[partition]:
             forwarded += 1
     return forwarded / users
 
 
-def _row(result: SimResult, nodes: int, replicas: int | None, lb: str) -> dict[str, object]:
+def least_forward_fraction(
+    nodes: int, replicas: int, users: int = 10_000, partitions: int = 12
+) -> float:
+    """The least share of requests forwarded behind nginx's `hash $http_x_user_id
+    consistent` by ANY choice of R owners per partition: each partition's owners being the
+    R nodes the balancer sends most of its users to. The ring hashes users, not partitions,
+    so each partition's users spread over every node's arcs and about (N-R)/N still land
+    elsewhere: no placement by partition makes a user-keyed balancer agree."""
+    r = min(replicas, nodes)
+    ring = Ring(f"node-{i}:8000" for i in range(nodes))
+    landed: list[dict[str, int]] = [{} for _ in range(partitions)]
+    for i in range(users):
+        user = f"user-{i}"
+        counts = landed[partition_for_user(user, partitions)]
+        server = ring.pick(user)
+        counts[server] = counts.get(server, 0) + 1
+    kept = sum(sum(sorted(c.values(), reverse=True)[:r]) for c in landed)
+    return 1 - kept / users
+
+
+def _row(
+    result: SimResult, nodes: int, replicas: int | None, lb: str, partitions: int
+) -> dict[str, object]:
     cfg = result.config
     return {
         "regions": cfg.regions,
         "nodes": nodes,
         "replicas": "all" if replicas is None else min(replicas, nodes),
         "forward_fraction": round(
-            0.0 if replicas is None else forward_fraction(nodes, replicas, lb), 4
+            0.0
+            if replicas is None
+            else forward_fraction(nodes, replicas, lb, partitions=partitions),
+            4,
         ),
         "delay_ms": cfg.delay * 1000,
         "region_delay_ms": cfg.region_delay * 1000 if cfg.regions > 1 else 0.0,
@@ -149,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
                 regions=args.regions,
                 region_delay=region_delay_ms / 1000,
             )
-            rows.append(_row(simulate(cfg), nodes, args.replicas, args.lb))
+            rows.append(_row(simulate(cfg), nodes, args.replicas, args.lb, args.partitions))
     if args.json:
         for row in rows:
             print(orjson.dumps(row).decode())

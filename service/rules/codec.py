@@ -7,21 +7,17 @@ and a tombstone (null value) deletes the override.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import orjson
 
 from service.errors import PoisonRecord
+from service.kafka.record import LogRecord
 from service.rules.model import InvalidRule, Rule, rule_from_mapping
 
 VERSION = 1
 
 
-class RuleRecord(NamedTuple):
-    """A record of the rules topic (value None: a tombstone)."""
-
-    key: bytes | None
-    value: bytes | None
+# A record of the rules topic (value None: a tombstone).
+RuleRecord = LogRecord
 
 
 def encode_rule(rule: Rule) -> bytes:

@@ -1,6 +1,6 @@
-"""--replicas 2 with real node processes on a real broker: accuracy within the R-bound with
-forwarding, a crashed owner's partitions moving with nothing admitted lost, a joining node
-taking partitions without errors, and /v1/keys answered by an owner."""
+"""--replicas 2 with six real node processes on a real broker: accuracy within the R-bound
+with forwarding, a crashed owner's partitions moving with nothing admitted lost, a joining
+node taking partitions without errors, and /v1/keys answered by an owner."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ from tests.e2e.http import wait_until
 
 pytestmark = pytest.mark.e2e
 
-RATE, BURST, PARTITIONS, REPLICAS, EXPIRY_S = 5.0, 10, 12, 2, 3.0
+# A bucket emptied by the load refills in BURST / RATE = 20 s: until then no node may
+# forget a user (an idle, full bucket is deleted, its contributions with it), so every
+# view can be compared with the admissions the client saw, across the kill as well.
+RATE, BURST, PARTITIONS, REPLICAS, EXPIRY_S = 0.5, 10, 12, 2, 3.0
+NODES = 6
 
 
 def metric(client: httpx.Client, node: NodeProcess, name: str) -> float:
@@ -68,19 +72,22 @@ def total(client: httpx.Client, node: NodeProcess, user: str) -> tuple[int, str]
     return sum(view["contributions"].values()), view["node"]
 
 
-def test_replicas_two_of_four_nodes(spawn: Spawn, kafka_bootstrap: str, topic: str) -> None:
+def test_replicas_two_of_six_nodes(spawn: Spawn, kafka_bootstrap: str, topic: str) -> None:
     args = (
         "--topic", topic, "--members-topic", f"{topic}.members",
         "--partitions", str(PARTITIONS), "--replicas", str(REPLICAS),
         "--heartbeat-s", "0.5", "--member-expiry-s", str(EXPIRY_S),
         "--rate", str(RATE), "--burst", str(BURST), "--forward-timeout-ms", "200",
     )  # fmt: skip
-    nodes = [spawn(n, kafka_bootstrap, *args) for n in ("n1", "n2", "n3", "n4")]
+    # Started together, then awaited: six nodes start in about the time of one.
+    nodes = [spawn(f"n{i}", kafka_bootstrap, *args, wait=False) for i in range(1, NODES + 1)]
+    for node in nodes:
+        node.wait_ready(90)
     users = [f"u-{uuid.uuid4().hex[:6]}-{i}" for i in range(24)]
     with httpx.Client(timeout=5) as client:
         wait_until(lambda: settled(client, nodes, users), 30, "the members agree")
 
-        # 1. Round-robin load over the four nodes: (N-R)/N of requests are forwarded, and
+        # 1. Round-robin load over the six nodes: (N-R)/N of requests are forwarded, and
         # the cluster admits within the bound with N replaced by R.
         seconds, per_user = 6.0, 8.0
         schedule = Schedule([n.port for n in nodes], users, per_user, seconds)
@@ -101,11 +108,16 @@ def test_replicas_two_of_four_nodes(spawn: Spawn, kafka_bootstrap: str, topic: s
         )
         print(f"admitted={admitted} ideal={ideal} bound={bound:.0f} forwarded={fwd}/{len(results)}")
         assert admitted <= bound
-        assert ideal * 0.9 <= admitted <= ideal * 1.05
-        assert 0.3 * len(results) <= fwd <= 0.7 * len(results)  # (4-2)/4 expected
+        # Two owners decide for a user (a request landing on either is answered there): a
+        # few more than one bucket would admit, well inside the bound (2 a user at most).
+        assert ideal * 0.9 <= admitted <= ideal + 2 * len(users)
+        share = (NODES - REPLICAS) / NODES  # 4/6 expected
+        assert (share - 0.15) * len(results) <= fwd <= (share + 0.15) * len(results)
 
         # 2. /v1/keys on any node answers from an owner, with every admission counted.
         observed = Counter(r.user for r in results if r.status == 200)
+
+        differs: list[str] = []  # the last view that did not match, for the failure
 
         def converged(live: list[NodeProcess]) -> bool:
             ids = [n.node_id for n in live]
@@ -113,6 +125,11 @@ def test_replicas_two_of_four_nodes(spawn: Spawn, kafka_bootstrap: str, topic: s
                 for node in live:
                     count, answered = total(client, node, user)
                     if count != observed[user] or answered not in owners_of(user, ids):
+                        differs[:] = [
+                            f"{user} (partition {partition_for_user(user, PARTITIONS)}, owners "
+                            f"{owners_of(user, ids)}) on {node.node_id}: {count} admissions "
+                            f"from {answered}, {observed[user]} observed"
+                        ]
                         return False
             return True
 
@@ -127,7 +144,10 @@ def test_replicas_two_of_four_nodes(spawn: Spawn, kafka_bootstrap: str, topic: s
             lambda: all(members_seen(client, n) == len(live) for n in live), 2 * EXPIRY_S, "expiry"
         )
         assert took <= EXPIRY_S + 1.5
-        wait_until(lambda: converged(live), 10, "the new owners hold every admission")
+        try:
+            wait_until(lambda: converged(live), 10, "the new owners hold every admission")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last difference: {differs}") from None
 
         # 4. A node joins under load: it takes partitions, and no request fails.
         statuses: list[int] = []
@@ -152,14 +172,15 @@ def test_replicas_two_of_four_nodes(spawn: Spawn, kafka_bootstrap: str, topic: s
         thread = threading.Thread(target=load)
         thread.start()
         try:
-            joined = spawn("n5", kafka_bootstrap, *args)
+            joined = spawn(f"n{NODES + 1}", kafka_bootstrap, *args)
             everyone = [*live, joined]
-            wait_until(lambda: settled(client, everyone, users), 30, "n5 takes its partitions")
+            wait_until(lambda: settled(client, everyone, users), 30, "the new node settles")
         finally:
             stop.set()
             thread.join(30)
         assert statuses
         assert set(statuses) <= {200, 429}, Counter(statuses)
-        assert any("n5" in owners_of(user, [n.node_id for n in everyone]) for user in users), (
-            "n5 owns some users' partitions"
+        ids = [n.node_id for n in everyone]
+        assert any(joined.node_id in owners_of(user, ids) for user in users), (
+            "the new node owns some users' partitions"
         )

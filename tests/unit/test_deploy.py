@@ -51,7 +51,8 @@ def dockerfile_stages() -> dict[str, list[str]]:
 def test_compose_runs_kraft_kafka_three_scalable_nodes_and_the_tooling() -> None:
     services = compose()["services"]
 
-    assert set(services) == {
+    default = {name for name, service in services.items() if "profiles" not in service}
+    assert default == {
         "kafka", "node", "nginx", "prometheus", "grafana", "locust-master", "locust-worker",
     }  # fmt: skip
     kafka = services["kafka"]
@@ -90,6 +91,31 @@ def test_nginx_round_robins_over_every_node_and_follows_scaling() -> None:
     assert f"listen {published};" in conf
     assert "least_conn" not in conf
     assert "ip_hash" not in conf
+
+
+def test_replicated_profile_puts_nginx_consistent_hash_before_named_nodes() -> None:
+    services = compose()["services"]
+    profiled = {n: s for n, s in services.items() if "replicated" in s.get("profiles", [])}
+    nodes = {n: s for n, s in profiled.items() if n.startswith("rnode-")}
+    conf = (ROOT / "deploy" / "nginx-replicated.conf").read_text()
+
+    assert set(profiled) == {*nodes, "nginx-replicated"}
+    assert len(nodes) == 4
+    assert re.search(r"hash\s+\$http_x_user_id\s+consistent;", conf)
+    servers = re.findall(r"^\s*server\s+(\S+);", conf, re.MULTILINE)
+    for name, node in nodes.items():
+        env = node["environment"]
+        assert env["RATELIMITER_REPLICAS"] == "2"
+        assert env["RATELIMITER_NODE_ID"] == name
+        # nginx hashes the server line; peers forward to the advertised address: the same.
+        assert env["RATELIMITER_ADVERTISE"] == f"{name}:8000"
+        assert env["RATELIMITER_ADVERTISE"] in servers
+    assert len(servers) == len(nodes)
+    assert not re.search(r"^\s*server\s.*\bresolve\b", conf, re.MULTILINE)  # one node a line
+    nginx = profiled["nginx-replicated"]
+    assert nginx["volumes"] == ["./deploy/nginx-replicated.conf:/etc/nginx/nginx.conf:ro"]
+    topics = {n["environment"]["RATELIMITER_TOPIC"] for n in nodes.values()}
+    assert topics == {"ratelimiter.replicated.state"}
 
 
 def test_prometheus_discovers_every_node_by_dns() -> None:

@@ -25,6 +25,7 @@ from stress_test.bench_fleet import (
     fit_points,
     half_core,
     linear_fit,
+    new_table,
     parse_args,
     render_table,
     results_of,
@@ -36,7 +37,7 @@ NOW = 33_000_000.0  # cluster seconds (mid-2026)
 
 
 def _users() -> FreshUsers:
-    table = bytearray()
+    table = new_table()
     extend_table(table, 2_000)
     return FreshUsers(table)
 
@@ -50,11 +51,11 @@ def _flushes(
 
 
 def test_partition_table_matches_the_codec() -> None:
-    table = bytearray()
+    table = new_table()
     extend_table(table, 500)
     assert len(table) == 500
     assert all(table[i] == codec.partition_for_user(user_id(i), PARTITIONS) for i in range(500))
-    users = FreshUsers(bytearray(table[:3]))
+    users = FreshUsers(table[:3])
     taken = [users.take() for _ in range(5)]  # grows past the table
     assert [u for u, _ in taken] == [user_id(i) for i in range(5)]
     assert all(p == codec.partition_for_user(u, PARTITIONS) for u, p in taken)

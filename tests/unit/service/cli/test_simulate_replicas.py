@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.cli.simulate import forward_fraction
+from service.cli.simulate import forward_fraction, least_forward_fraction
 from service.errors import ConfigError
 from service.settings import load_settings
 
@@ -25,3 +25,16 @@ def test_replicas_settings() -> None:
         load_settings(replicas="0")
     with pytest.raises(ConfigError, match="member_expiry_s"):
         load_settings(replicas="2", heartbeat_s=2, member_expiry_s=1)
+
+
+def test_consistent_hash_on_the_user_or_the_partition_forwards_n_minus_r_over_n() -> None:
+    # The ring hashes what the balancer is keyed on; the owners are per partition: a user
+    # lands on an owner only about R/N of the time either way.
+    for lb in ("consistent-hash", "consistent-hash-partition"):
+        assert forward_fraction(12, 2, lb, partitions=256) == pytest.approx(10 / 12, abs=0.05)
+
+
+def test_no_placement_by_partition_agrees_with_a_balancer_keyed_on_the_user() -> None:
+    least = least_forward_fraction(6, 2, users=20_000)
+    assert least == pytest.approx(4 / 6, abs=0.06)
+    assert least <= forward_fraction(6, 2, "consistent-hash", users=20_000)

@@ -1,0 +1,43 @@
+"""nginx's consistent hash (`hash KEY consistent`, ngx_http_upstream_hash_module): where a
+load balancer configured so sends a key, to compare with where the owners are."""
+
+from __future__ import annotations
+
+import bisect
+import zlib
+from collections.abc import Iterable, Sequence
+
+POINTS_PER_WEIGHT = 160
+
+
+class Ring:
+    """The ring nginx builds over its `server` lines (ketama, compatible with
+    Cache::Memcached::Fast): per server, 160 points per weight, point j the crc32 of
+    `host \\0 port` followed by point j-1 as 4 little-endian bytes (0 for the first)."""
+
+    def __init__(self, servers: Iterable[str], weight: int = 1) -> None:
+        points: dict[int, str] = {}
+        for server in servers:
+            base = zlib.crc32(_host_nul_port(server))
+            prev = 0
+            for _ in range(POINTS_PER_WEIGHT * weight):
+                point = zlib.crc32(prev.to_bytes(4, "little"), base)
+                points.setdefault(point, server)  # nginx keeps one point per hash value
+                prev = point
+        self.hashes: Sequence[int] = sorted(points)
+        self.servers: Sequence[str] = [points[h] for h in self.hashes]
+
+    def pick(self, key: str) -> str:
+        """The server for `key`: the first point at or after crc32(key), wrapping."""
+        if not self.hashes:
+            raise ValueError("a ring of no servers")
+        i = bisect.bisect_left(self.hashes, zlib.crc32(key.encode()))
+        return self.servers[i % len(self.hashes)]
+
+
+def _host_nul_port(server: str) -> bytes:
+    """`host:port` as nginx splits it (a port is the digits after the last colon)."""
+    host, sep, port = server.rpartition(":")
+    if not sep or not (port.isdigit() or port == ""):
+        host, port = server, ""
+    return host.encode() + b"\0" + port.encode()

@@ -1,0 +1,48 @@
+"""nginx's consistent-hash ring: points as ngx_http_upstream_hash_module makes them, lookup."""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+
+import pytest
+
+from service.membership.ketama import POINTS_PER_WEIGHT, Ring
+
+
+def test_points_chain_crc32_of_host_nul_port_and_the_previous_point() -> None:
+    ring = Ring(["10.0.0.1:8000"])
+    base = b"10.0.0.1\x008000"
+    first = zlib.crc32(base + (0).to_bytes(4, "little"))
+    second = zlib.crc32(base + first.to_bytes(4, "little"))
+    assert first in ring.hashes
+    assert second in ring.hashes
+    assert len(ring.hashes) == POINTS_PER_WEIGHT
+    assert len(Ring(["a:1"], weight=2).hashes) == 2 * POINTS_PER_WEIGHT
+
+
+def test_a_key_goes_to_the_first_point_at_or_after_its_crc32_wrapping() -> None:
+    ring = Ring(["a:80", "b:80", "c:80"])
+    for key in ("alice", "bob", "x" * 40, ""):
+        h = zlib.crc32(key.encode())
+        after = [i for i, p in enumerate(ring.hashes) if p >= h]
+        expected = ring.servers[after[0]] if after else ring.servers[0]
+        assert ring.pick(key) == expected
+
+
+def test_keys_spread_over_servers_and_stay_put_when_another_leaves() -> None:
+    servers = [f"node-{i}:8000" for i in range(5)]
+    ring = Ring(servers)
+    keys = [f"user-{i}" for i in range(5000)]
+    picks = {k: ring.pick(k) for k in keys}
+    counts = Counter(picks.values())
+    assert set(counts) == set(servers)
+    assert max(counts.values()) < 2 * min(counts.values())
+    smaller = Ring(servers[:-1])
+    moved = [k for k in keys if picks[k] != servers[-1] and smaller.pick(k) != picks[k]]
+    assert moved == []
+
+
+def test_an_empty_ring_picks_nothing() -> None:
+    with pytest.raises(ValueError, match="no servers"):
+        Ring([]).pick("alice")
