@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import os
 import re
-import signal
 import subprocess
 import time
 import uuid
@@ -112,7 +110,7 @@ class LocalBroker:
                         "its port"
                     )
                 # It may still be starting (an `up` killed before it answered): wait for it.
-                _run_sync(lambda: self._wait_answering(current.pid))
+                run_sync(lambda: self._wait_answering(current.pid))
                 return self.address
             self.pid_file.unlink(missing_ok=True)
             process.require_port_free(self.port)
@@ -122,7 +120,7 @@ class LocalBroker:
             self._format_storage(java)
             pid = self._spawn(java)
             try:
-                _run_sync(lambda: self._wait_answering(pid))
+                run_sync(lambda: self._wait_answering(pid))
             except BaseException:
                 self._terminate(pid, grace=5.0)
                 self.pid_file.unlink(missing_ok=True)
@@ -235,23 +233,7 @@ class LocalBroker:
         self._say(f"starting Kafka {jars.kafka_version()} on {self.address} ...")
         self.server_log.parent.mkdir(parents=True, exist_ok=True)
         argv = [*self._java_args(java), "kafka.Kafka", str(self.properties)]
-        out = os.open(self.output_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            pid = os.posix_spawn(
-                java,
-                argv,
-                dict(os.environ),
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, out, 1),
-                    (os.POSIX_SPAWN_DUP2, out, 2),
-                ],
-                setsid=True,
-            )
-        except OSError as exc:
-            raise BrokerError(f"could not start {java}: {exc}") from exc
-        finally:
-            os.close(out)
+        pid = process.spawn_detached(argv, self.output_log)
         self.pid_file.write_text(f"{pid}\n")
         return pid
 
@@ -277,19 +259,7 @@ class LocalBroker:
 
     def _terminate(self, pid: int, grace: float) -> None:
         """SIGTERM the broker's process group, SIGKILL after `grace` seconds; wait for exit."""
-        for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                return
-            except PermissionError as exc:
-                raise BrokerError(f"not allowed to signal the broker (pid {pid}): {exc}") from exc
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                if not process.pid_alive(pid):
-                    return
-                time.sleep(POLL_S)
-        raise BrokerError(f"the broker (pid {pid}) survived SIGKILL")
+        process.terminate_group(pid, grace, "the broker")
 
     def _log_tail(self) -> str:
         lines = process.tail(self.server_log) + process.tail(self.output_log)
@@ -319,7 +289,7 @@ def _new_cluster_id() -> str:
             return text
 
 
-def _run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to completion from sync code, even when this thread runs a loop."""
     try:
         asyncio.get_running_loop()
