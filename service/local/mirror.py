@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from service.errors import BrokerError
@@ -193,7 +194,7 @@ class LocalMirror:
 
     def _require_clusters(self) -> None:
         for alias, address in self.clusters.items():
-            if not run_sync(lambda address=address: broker_answers(address, wait_s=5.0)):
+            if not run_sync(partial(broker_answers, address, wait_s=5.0)):
                 raise BrokerError(
                     f"cluster {alias!r} at {address} does not answer; start its broker first "
                     f"(`ratelimiter kafka up --port {address.rpartition(':')[2]} --data-dir ...`)"
