@@ -16,7 +16,9 @@ from service.clock import Clock, DisciplinedClock, Stamp, from_unix_ms, to_unix_
 from service.engine import Engine
 from service.errors import PoisonRecord, RateLimiterError
 from service.metrics import Metrics
+from service.regions import RegionTracker, region_of
 from service.replication import codec, snapshot
+from service.replication.remotelog import RemoteLog, RemoteRecord
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed, StateLog
 
 log = logging.getLogger("ratelimiter.sync")
@@ -34,6 +36,7 @@ EXPIRE_SLICE = 1_000  # records of silent writers looked at per flush
 PROBE_ATTEMPTS = 3  # clock probes at start before bootstrapping on the uncorrected clock
 COMPACT_SLACK = 10_000  # outbox items beyond twice the pending keys before re-encoding
 KEY_CAP = 2  # the buffer holds at most this many times --max-buffered-keys keys
+DISCOVER_S = 2.0  # how often the cluster is looked at for new remote regions' topics
 
 
 class PeerSeen(NamedTuple):
@@ -68,6 +71,9 @@ class Replicator:
         expire_after_s: float = PEER_FORGET_S,
         snapshot_file: Path | None = None,
         topic: str = "",
+        remote: RemoteLog | None = None,
+        regions: RegionTracker | None = None,
+        heartbeat_s: float | None = None,
     ) -> None:
         self.engine = engine
         # Told of every publish's round trip when the log stamps records (its clock).
@@ -127,6 +133,16 @@ class Replicator:
         self._wanted: frozenset[int] | None = None
         self._catching_up: dict[int, int] = {}
         self.ready_listeners: list[Callable[[], None]] = []  # told when ready_partitions change
+        # Regions (--region): other regions' mirrored topics, merged like local peers'
+        # records but never written, never used to measure the clock, never expired here;
+        # `regions` follows their lag. With `heartbeat_s`, a flush with nothing to say
+        # publishes an empty record once that long passed since the last publish.
+        self.remote = remote
+        self.regions = regions if regions is not None else RegionTracker(math.inf)
+        self.heartbeat_s = heartbeat_s
+        self._last_publish = time.monotonic()
+        self._remote_catching_up: dict[tuple[str, int], int] = {}
+        self._next_discovery = 0.0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -149,6 +165,8 @@ class Replicator:
                     records = await self.log.fetch(0.2, FETCH_MAX_RECORDS)
                     count += len(records)
                     await self._merge(records)
+                if self.remote is not None:
+                    count += await self._bootstrap_remote(self.remote)
         finally:
             self.engine.set_bootstrapping(False, self.clock())
         self._note_silent_writers()
@@ -157,6 +175,22 @@ class Replicator:
         self.metrics.bootstrap_records.set(count)
         log.info("bootstrapped from %d records in %.2fs", count, time.monotonic() - started)
         return count
+
+    async def _bootstrap_remote(self, remote: RemoteLog) -> int:
+        """Read every remote topic found now to its end offsets (while bootstrapping)."""
+        topics = await remote.discover()
+        self._next_discovery = time.monotonic() + DISCOVER_S
+        for topic in topics:
+            self.regions.add_topic(topic)
+        ends = await remote.end_offsets(topics)
+        count = 0
+        while True:
+            positions = await remote.positions(topics)
+            if all(positions.get(tp, 0) >= end for tp, end in ends.items()):
+                return count
+            records = await remote.fetch(0.2, FETCH_MAX_RECORDS)
+            count += len(records)
+            await self._merge_remote(records)
 
     def _note_silent_writers(self) -> None:
         """After reading history: writers seen writing lately are not silent after all."""
@@ -271,9 +305,7 @@ class Replicator:
         if self.discipline is None or not self.log.stamps:
             return
         for attempt in range(PROBE_ATTEMPTS):
-            now_ms = to_unix_ms(self.clock())
-            value = codec.encode_batch(self.engine.replica, [], now_ms, now_ms)
-            record = OutRecord(codec.batch_record_key(self.engine.replica, 0), value, 0)
+            record = self._empty_record(to_unix_ms(self.clock()))
             try:
                 await self._publish([record])
                 return
@@ -281,10 +313,18 @@ class Replicator:
                 log.warning("could not measure the clock against the broker yet: %s", exc)
                 await asyncio.sleep(0.5 * (attempt + 1))
 
+    def _empty_record(self, now_ms: int) -> OutRecord:
+        """A batch record holding nothing (peers read it as nothing): a clock probe, and
+        with regions a heartbeat. Under our partition 0 batch key, superseding our last
+        batch there as any later batch would (key records cover batches first)."""
+        value = codec.encode_batch(self.engine.replica, [], now_ms, now_ms)
+        return OutRecord(codec.batch_record_key(self.engine.replica, 0), value, 0)
+
     async def _publish(self, records: list[OutRecord]) -> None:
         """Publish, and tell the clock discipline the round trip when the broker stamped it."""
         sent = self.clock()
         stamped = await self.log.publish(records)
+        self._last_publish = time.monotonic()
         if stamped is not None and self.discipline is not None:
             self.discipline.observe(Stamp(sent, from_unix_ms(stamped), self.clock()))
 
@@ -483,13 +523,17 @@ class Replicator:
             self._expire_slice()
         tombstones = [OutRecord(k, None, p) for k, p in self._tombstones.items()]
         batches = list(self._outbox)
+        heartbeat: list[OutRecord] = []
         if not batches and not key_records and not tombstones:
-            self._snapshot_written(0, final)
-            self._last_flush_ms = now_ms
-            return
+            if self.heartbeat_s is None or time.monotonic() - self._last_publish < self.heartbeat_s:
+                self._snapshot_written(0, final)
+                self._last_flush_ms = now_ms
+                return
+            # Nothing to say, but other regions judge this one alive by its records.
+            heartbeat = [self._empty_record(now_ms)]
         sent = dict(self._pending)
         try:
-            await self._publish(batches + key_records + tombstones)
+            await self._publish(batches + key_records + tombstones + heartbeat)
         except PublishFailed as exc:
             if self.broker_ok:
                 log.warning("publish failed, buffering %d keys: %s", len(self._pending), exc)
@@ -525,6 +569,7 @@ class Replicator:
         self.metrics.records_produced.labels("tombstone").inc(len(tombstones))
         self.metrics.records_produced.labels("batch").inc(len(batches))
         self.metrics.records_produced.labels("key").inc(len(key_records))
+        self.metrics.records_produced.labels("heartbeat").inc(len(heartbeat))
         self.metrics.buffered.set(len(self._pending))
 
     def _own_tombstones(self) -> None:
@@ -625,8 +670,77 @@ class Replicator:
             if self._catching_up:
                 await self._check_caught_up()
 
-    async def _merge(self, records: list[LogRecord]) -> None:
-        """Decode and merge peers' records, yielding to the event loop every slice."""
+    async def remote_loop(self) -> None:
+        """Find, fetch and merge other regions' mirrored topics forever (a supervised task:
+        a bug propagates; a broker error is waited out). A topic found after bootstrap is
+        read to its end as at start (its history merged live would count as late debt)."""
+        remote = self.remote
+        assert remote is not None
+        while True:
+            try:
+                if time.monotonic() >= self._next_discovery:
+                    self._next_discovery = time.monotonic() + DISCOVER_S
+                    await self._discover(remote)
+                if not remote.topics:
+                    await asyncio.sleep(DISCOVER_S)
+                    continue
+                records = await remote.fetch(0.1, FETCH_MAX_RECORDS)
+                if records:
+                    await self._merge_remote(records)
+                if self._remote_catching_up:
+                    await self._check_remote_caught_up(remote)
+            except (RateLimiterError, OSError) as exc:
+                log.warning("reading the remote topics failed: %r", exc)
+                await asyncio.sleep(0.5)
+
+    async def _discover(self, remote: RemoteLog) -> None:
+        topics = await remote.discover()
+        if not topics:
+            return
+        ends = await remote.end_offsets(topics)
+        positions = await remote.positions(topics)
+        for topic in topics:
+            self.regions.add_topic(topic).catching_up = True
+        for tp, end in ends.items():
+            if positions.get(tp, 0) < end:
+                self._remote_catching_up[tp] = end
+        if self._remote_catching_up and not self.engine.limiters_bootstrapping():
+            self.engine.set_bootstrapping(True, self.clock())
+        log.info("found remote topics %s: reading them to their end", topics)
+        await self._check_remote_caught_up(remote)
+
+    async def _check_remote_caught_up(self, remote: RemoteLog) -> None:
+        reading = {topic for topic, _ in self._remote_catching_up}
+        positions = await remote.positions(reading)
+        for tp in [tp for tp, end in self._remote_catching_up.items() if positions[tp] >= end]:
+            del self._remote_catching_up[tp]
+        still = {topic for topic, _ in self._remote_catching_up}
+        for topic in reading - still:
+            self.regions.add_topic(topic).catching_up = False
+            log.info("remote topic %r read to its end", topic)
+        if not self._remote_catching_up and self.engine.limiters_bootstrapping():
+            self.engine.set_bootstrapping(False, self.clock())
+
+    async def _merge_remote(self, records: list[RemoteRecord]) -> None:
+        """Merge records of mirrored topics, noting each region's newest source stamp."""
+        by_region: dict[str, list[LogRecord]] = {}
+        for topic, record in records:
+            by_region.setdefault(region_of(topic), []).append(record)
+        bootstrapping = self.engine.limiters_bootstrapping()
+        now_ms = to_unix_ms(self.clock())
+        for region, logged in by_region.items():
+            newest = max(r.timestamp_ms for r in logged)
+            self.regions.observe(region, from_unix_ms(newest), len(logged))
+            if not bootstrapping:
+                self.metrics.region_delivery.labels(region).observe(max(0, now_ms - newest) / 1000)
+            await self._merge(logged, remote=True)
+
+    async def _merge(self, records: list[LogRecord], *, remote: bool = False) -> None:
+        """Decode and merge peers' records, yielding to the event loop every slice.
+
+        `remote`: records of another region's mirrored topic. They count like any peer's,
+        but their offsets are not ours, their writers are not ours to expire, and they do
+        not make local peers (share mode counts those)."""
         now = self.clock()
         now_ms = to_unix_ms(now)
         me = self.engine.replica
@@ -634,13 +748,14 @@ class Replicator:
         metrics.records_consumed.inc(len(records))
         merged_offsets = self.merged_offsets
         reached: dict[int, int] = {}
-        for record in records:
-            if record.offset >= reached.get(record.partition, -1):
-                reached[record.partition] = record.offset
+        if not remote:
+            for record in records:
+                if record.offset >= reached.get(record.partition, -1):
+                    reached[record.partition] = record.offset
         bootstrapping = self.engine.limiters_bootstrapping()
         if bootstrapping:
             records = _latest_key_records(records)
-            if self.log.stamps:  # record times are the broker's: silence is measurable
+            if self.log.stamps and not remote:  # the broker's times: silence is measurable
                 threshold_ms = now_ms - int(self.expire_after_s * 1000)
                 for record in records:
                     self._note_writer(record, threshold_ms)
@@ -680,7 +795,7 @@ class Replicator:
             if unknown:
                 metrics.poison_record("unknown_rule", f"{unknown} deltas name an unknown rule")
             applied += len(decoded.items)
-            if not bootstrapping:
+            if not bootstrapping and not remote:
                 if self._silent and replica in self._silent:
                     del self._silent[replica]  # it writes again: not expired after all
                 metrics.sync_lag.observe(max(0, now_ms - decoded.since_ms) / 1000)
