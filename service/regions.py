@@ -133,5 +133,5 @@ class RegionTracker:
         return "fresh" if self.lag(region, now) <= self.stale_s else "stale"
 
     def stale(self, now: float) -> list[str]:
-        """Remote regions not fresh now, by name."""
-        return sorted(r for r in self.links if self.state(r, now) != "fresh")
+        """Remote regions stale now, by name (not those being read: their news is coming)."""
+        return sorted(r for r in self.links if self.state(r, now) == "stale")

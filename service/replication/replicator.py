@@ -699,11 +699,12 @@ class Replicator:
             return
         ends = await remote.end_offsets(topics)
         positions = await remote.positions(topics)
-        for topic in topics:
-            self.regions.add_topic(topic).catching_up = True
         for tp, end in ends.items():
             if positions.get(tp, 0) < end:
                 self._remote_catching_up[tp] = end
+        behind = {topic for topic, _ in self._remote_catching_up}
+        for topic in topics:
+            self.regions.add_topic(topic).catching_up = topic in behind
         if self._remote_catching_up and not self.engine.limiters_bootstrapping():
             self.engine.set_bootstrapping(True, self.clock())
         log.info("found remote topics %s: reading them to their end", topics)
