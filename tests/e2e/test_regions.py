@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def test_two_regions_share_one_budget_through_a_cut_of_the_mirror(
     mirror.up()
     with httpx.Client(timeout=10) as client:
         for node in (a, b):
-            wait_until(lambda n=node: normal(client, n), 120, "regions fresh")
+            wait_until(partial(normal, client, node), 120, "regions fresh")
 
         # A user exhausted in region A is denied in region B once A's records arrive.
         admitted: Counter[str] = Counter()
@@ -113,7 +114,7 @@ def test_two_regions_share_one_budget_through_a_cut_of_the_mirror(
         # The mirror returns: every admission of the cut reaches the other region.
         mirror.up()
         for node in (a, b):
-            wait_until(lambda n=node: normal(client, n), 120, "fresh again, shared limits")
+            wait_until(partial(normal, client, node), 120, "fresh again, shared limits")
         mismatch: list[str] = []
 
         def agreed() -> bool:
