@@ -66,11 +66,11 @@ def memory_node(
     log: MemoryLog,
     clock: Callable[[], float],
     node_id: str,
-    remote_log: RemoteLog | None = None,
     **overrides: Any,
 ) -> Node:
     """A replicating node on the in-memory log (no rules topic unless `rules_topic` is given;
-    other regions' topics on `remote_log` with `region`)."""
+    other regions' topics on `remote_log` (a RemoteLog) with `region`)."""
+    remote_log: RemoteLog | None = overrides.pop("remote_log", None)
     values: dict[str, Any] = {
         "kafka": "127.0.0.1:1",
         "rules_topic": "none",

@@ -140,7 +140,7 @@ class Replicator:
         self.remote = remote
         self.regions = regions if regions is not None else RegionTracker(math.inf)
         self.heartbeat_s = heartbeat_s
-        self._last_publish = time.monotonic()
+        self._last_publish = clock()  # cluster time of the last acknowledged publish
         self._remote_catching_up: dict[tuple[str, int], int] = {}
         self._next_discovery = 0.0
 
@@ -324,7 +324,7 @@ class Replicator:
         """Publish, and tell the clock discipline the round trip when the broker stamped it."""
         sent = self.clock()
         stamped = await self.log.publish(records)
-        self._last_publish = time.monotonic()
+        self._last_publish = self.clock()
         if stamped is not None and self.discipline is not None:
             self.discipline.observe(Stamp(sent, from_unix_ms(stamped), self.clock()))
 
@@ -525,7 +525,7 @@ class Replicator:
         batches = list(self._outbox)
         heartbeat: list[OutRecord] = []
         if not batches and not key_records and not tombstones:
-            if self.heartbeat_s is None or time.monotonic() - self._last_publish < self.heartbeat_s:
+            if self.heartbeat_s is None or now - self._last_publish < self.heartbeat_s:
                 self._snapshot_written(0, final)
                 self._last_flush_ms = now_ms
                 return

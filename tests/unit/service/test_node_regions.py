@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import httpx
 
 from service.http.app import create_app
 from service.node import Node
+from service.regions import RegionLink
 from service.testing import ManualClock, MemoryLog, MemoryRemoteLog
 from tests.service_helpers import memory_node, served, wait_for
 
@@ -20,13 +23,21 @@ async def _regions(
     mirror_to_a = MemoryRemoteLog({"b.ratelimiter.state": log_b})
     mirror_to_b = MemoryRemoteLog({"a.ratelimiter.state": log_a})
     common = {"region_fail_mode": mode, "region_stale_s": STALE_S, "rate": 1, "burst": 30}
-    a = memory_node(log_a, clock, "a1", mirror_to_a, region="a", **common)
-    b = memory_node(log_b, clock, "b1", mirror_to_b, region="b", **common)
+    a = memory_node(log_a, clock, "a1", remote_log=mirror_to_a, region="a", **common)
+    b = memory_node(log_b, clock, "b1", remote_log=mirror_to_b, region="b", **common)
     for node in (a, b):
         await node.start()
     for node in (a, b):
         await node.wait_ready(5)
     return mirror_to_a, mirror_to_b, a, b
+
+
+def _newer(link: RegionLink, than: float) -> bool:
+    return link.newest > than
+
+
+def _consumed(node: Node, user: str, cost: int) -> bool:
+    return node.engine.view(user, node.rules.default).consumed == cost
 
 
 def _state(node: Node) -> str:
@@ -59,10 +70,11 @@ async def test_an_idle_region_stays_fresh_through_its_heartbeats() -> None:
     try:
         assert b.replicator is not None
         regions = b.replicator.regions
+        link = regions.links["a"]
         for _ in range(10):  # 10 s without a request anywhere
             clock.advance(1.0)
-            seen = regions.links["a"].newest
-            await wait_for(lambda s=seen: regions.links["a"].newest > s, 5, "a heartbeat")
+            seen = link.newest
+            await wait_for(partial(_newer, link, seen), 5, "a heartbeat")
         assert _state(b) == "fresh"
         assert regions.lag("a", clock()) <= 1.0
         assert b.mode == "normal"
@@ -89,7 +101,7 @@ async def test_share_mode_takes_one_rth_while_a_region_is_stale_and_sums_after_h
         assert a.mode == "normal"
         # Nothing lost: each region holds both regions' consumption.
         for node in (a, b):
-            await wait_for(lambda n=node: n.engine.view("bo", rule).consumed == 30, 5, "summed")
+            await wait_for(partial(_consumed, node, "bo", 30), 5, "both regions' sum")
         assert not a.decide("bo", 1, rule).allowed
     finally:
         await a.stop()
