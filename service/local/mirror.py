@@ -89,10 +89,6 @@ def mm2_properties(clusters: Mapping[str, str], topics: str, refresh_s: int) -> 
             "offset.storage.replication.factor": "1",
             "status.storage.replication.factor": "1",
             "config.storage.replication.factor": "1",
-            # Records go out as soon as they are read: the cross-region delay is what it
-            # takes to read and write them, not a batching delay.
-            "producer.override.linger.ms": "0",
-            "consumer.fetch.max.wait.ms": "50",
         }
     )
     return settings
