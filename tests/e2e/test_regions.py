@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ def regions(tmp_path: Path) -> Iterator[tuple[dict[str, LocalBroker], LocalMirro
         refresh_s=1,
     )
     try:
-        for broker in brokers.values():
-            broker.up()
+        with ThreadPoolExecutor(2) as pool:  # side by side: distinct ports and data dirs
+            list(pool.map(LocalBroker.up, brokers.values()))
         yield brokers, mirror
     finally:
         mirror.down()
@@ -73,9 +74,11 @@ def test_two_regions_share_one_budget_through_a_cut_of_the_mirror(
     brokers, mirror = regions
     flags = ["--rate", str(RATE), "--burst", str(BURST), "--region-stale-s", str(STALE_S)]
     flags += ["--region-fail-mode", "share", "--region-heartbeat-s", "0.5"]
-    a = spawn("a-1", brokers["a"].address, "--region", "a", *flags)
-    b = spawn("b-1", brokers["b"].address, "--region", "b", *flags)
+    a = spawn("a-1", brokers["a"].address, "--region", "a", *flags, wait=False)
+    b = spawn("b-1", brokers["b"].address, "--region", "b", *flags, wait=False)
     mirror.up()
+    for node in (a, b):
+        node.wait_ready(90)
     with httpx.Client(timeout=10) as client:
         for node in (a, b):
             wait_until(partial(normal, client, node), 120, "regions fresh")
