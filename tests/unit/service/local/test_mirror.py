@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
+from service.cli.up import region_names
 from service.errors import BrokerError
 from service.local import jars
 from service.local.mirror import LocalMirror, mm2_properties, parse_clusters
@@ -80,3 +81,23 @@ def test_cli_mirror_status_exits_3_and_up_needs_clusters(
     assert "not running" in capsys.readouterr().out
     assert main(["kafka", "mirror", "up", "--data-dir", str(tmp_path)]) == 1
     assert "needs --clusters" in capsys.readouterr().err
+
+
+def test_up_without_java_fails_before_fetching_or_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    mirror = LocalMirror(CLUSTERS, tmp_path / "mirror", jars_dir=tmp_path / "libs")
+    with pytest.raises(BrokerError, match="Java not found"):
+        mirror.up()
+    assert not mirror.pid_file.exists()
+    assert not (tmp_path / "libs").exists()
+
+
+def test_up_regions_names_regions_a_b_and_refuses_too_many() -> None:
+    assert region_names(2) == ["a", "b"]
+    with pytest.raises(BrokerError, match="2 to 26"):
+        region_names(27)
