@@ -58,6 +58,14 @@ def mm2_properties(clusters: Mapping[str, str], topics: str, refresh_s: int) -> 
     settings = {"clusters": ", ".join(clusters)}
     for alias, address in clusters.items():
         settings[f"{alias}.bootstrap.servers"] = address
+        # Worker settings of the Connect herder writing to this cluster (MirrorMaker hands
+        # a herder only its target's `<alias>.` settings, not the top-level ones).
+        # Kafka's own connectors have ServiceLoader manifests: no classpath scan by
+        # reflection (6 s per herder on two busy cores).
+        settings[f"{alias}.plugin.discovery"] = "service_load"
+        # One process: tasks of a worker that left are reassigned at once, not held for
+        # its return (5 minutes by default).
+        settings[f"{alias}.scheduled.rebalance.max.delay.ms"] = "0"
     for source in clusters:
         for target in clusters:
             if source != target:
@@ -75,12 +83,7 @@ def mm2_properties(clusters: Mapping[str, str], topics: str, refresh_s: int) -> 
             "config.properties.exclude": CONFIG_EXCLUDE,
             "refresh.topics.interval.seconds": str(refresh_s),
             "sync.topic.configs.interval.seconds": "60",
-            # Kafka's own connectors have ServiceLoader manifests: skip the classpath scan
-            # by reflection (15 s of startup on two busy cores).
-            "plugin.discovery": "service_load",
-            # One process: tasks of a worker that left are reassigned at once, not held
-            # for its return (5 minutes by default).
-            "scheduled.rebalance.max.delay.ms": "0",
+            "plugin.discovery": "service_load",  # for MirrorMaker's own plugin lookups
             # Single-broker clusters: every topic MirrorMaker creates has one replica.
             "replication.factor": "1",
             "checkpoints.topic.replication.factor": "1",
