@@ -85,6 +85,9 @@ class RegionLink:
     topics: set[str] = field(default_factory=set)
     newest: float = -math.inf  # source stamp (cluster seconds) of the newest record merged
     records: int = 0
+    # When its topic was found (cluster seconds): a region found just now, with nothing
+    # mirrored yet, gets --region-stale-s to show up before it counts as stale.
+    found_at: float = -math.inf
     catching_up: bool = False  # a topic of it is being read to its end
 
 
@@ -100,13 +103,15 @@ class RegionTracker:
         """R: this region and every remote one known."""
         return 1 + len(self.links)
 
-    def add_topic(self, topic: str) -> RegionLink:
-        """A remote topic found: its region is known from now on."""
+    def add_topic(self, topic: str, now: float = -math.inf) -> RegionLink:
+        """A remote topic found at `now`: its region is known from now on."""
         region = region_of(topic)
         link = self.links.get(region)
         if link is None:
             link = self.links[region] = RegionLink(region)
-        link.topics.add(topic)
+        if topic not in link.topics:
+            link.topics.add(topic)
+            link.found_at = max(link.found_at, now)
         return link
 
     def observe(self, region: str, stamp: float, records: int = 1) -> None:
@@ -128,9 +133,12 @@ class RegionTracker:
     def state(self, region: str, now: float) -> RegionState:
         """`fresh` within --region-stale-s, `catching_up` while its history is read."""
         link = self.links.get(region)
-        if link is not None and link.catching_up:
+        if link is None:
+            return "stale"
+        if link.catching_up:
             return "catching_up"
-        return "fresh" if self.lag(region, now) <= self.stale_s else "stale"
+        heard = max(link.newest, link.found_at)
+        return "fresh" if now - heard <= self.stale_s else "stale"
 
     def stale(self, now: float) -> list[str]:
         """Remote regions stale now, by name (not those being read: their news is coming)."""

@@ -181,7 +181,7 @@ class Replicator:
         topics = await remote.discover()
         self._next_discovery = time.monotonic() + DISCOVER_S
         for topic in topics:
-            self.regions.add_topic(topic)
+            self.regions.add_topic(topic, self.clock())
         ends = await remote.end_offsets(topics)
         count = 0
         while True:
@@ -704,7 +704,7 @@ class Replicator:
                 self._remote_catching_up[tp] = end
         behind = {topic for topic, _ in self._remote_catching_up}
         for topic in topics:
-            self.regions.add_topic(topic).catching_up = topic in behind
+            self.regions.add_topic(topic, self.clock()).catching_up = topic in behind
         if self._remote_catching_up and not self.engine.limiters_bootstrapping():
             self.engine.set_bootstrapping(True, self.clock())
         log.info("found remote topics %s: reading them to their end", topics)

@@ -87,3 +87,11 @@ def test_a_region_being_read_to_its_end_is_not_stale() -> None:
     tracker.add_topic("b.ratelimiter.state").catching_up = True
     assert tracker.state("b", 100.0) == "catching_up"
     assert tracker.stale(100.0) == []
+
+
+def test_a_region_found_just_now_gets_the_threshold_to_show_up() -> None:
+    tracker = RegionTracker(stale_s=5.0)
+    tracker.add_topic("b.ratelimiter.state", now=100.0)
+    assert tracker.lag("b", 101.0) == math.inf  # nothing heard yet
+    assert tracker.state("b", 105.0) == "fresh"
+    assert tracker.stale(105.5) == ["b"]
