@@ -8,9 +8,12 @@ brokers (one per region), one MirrorMaker 2 mirroring every region to every othe
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from service.errors import BrokerError
 from service.local.broker import LocalBroker, default_data_dir
@@ -138,7 +141,7 @@ def _run_regions(args: argparse.Namespace, data_dir: Path, extra: list[str]) -> 
         print(f"mirroring {mirror.up()}")
         for node in every:
             node.wait_ready(120)
-        _announce_regions(brokers, nodes)
+        _announce_regions(brokers, nodes, _regions_seen(every, len(names) - 1, timeout_s=60))
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
         while all(node.alive for node in every):
@@ -158,12 +161,46 @@ def _run_regions(args: argparse.Namespace, data_dir: Path, extra: list[str]) -> 
             broker.down()
 
 
-def _announce_regions(brokers: dict[str, LocalBroker], nodes: dict[str, list[NodeProcess]]) -> None:
+def _regions_seen(nodes: list[NodeProcess], others: int, timeout_s: float) -> dict[str, str]:
+    """What each node says of the `others` other regions once every node has news from
+    each of them (or at the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = {node.node_id: _fetch_regions(node) for node in nodes}
+        fresh = all(
+            len(found) == others
+            and all(v["state"] == "fresh" and v["lag_s"] is not None for v in found)
+            for found in seen.values()
+        )
+        if fresh or time.monotonic() > deadline:
+            return {
+                node_id: ", ".join(
+                    f"{v['region']} {v['state']} (lag {v['lag_s']} s)" for v in found
+                )
+                or "no other region yet"
+                for node_id, found in seen.items()
+            }
+        time.sleep(0.5)
+
+
+def _fetch_regions(node: NodeProcess) -> list[dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{node.url}/v1/regions", timeout=2) as response:  # noqa: S310
+            found: list[dict[str, Any]] = json.load(response)["regions"]
+            return found
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def _announce_regions(
+    brokers: dict[str, LocalBroker], nodes: dict[str, list[NodeProcess]], seen: dict[str, str]
+) -> None:
     print()
     for name, broker in brokers.items():
         print(f"region {name}: Kafka {broker.address} (elsewhere: {name}.ratelimiter.state)")
         for node in nodes[name]:
-            print(f"  {node.node_id}: {node.url}   (log: {node.log_path})")
+            print(f"  {node.node_id}: {node.url}   sees {seen.get(node.node_id, '?')}")
+            print(f"      log: {node.log_path}")
     first, other = (region[0].url for region in list(nodes.values())[:2])
     print()
     print("try:")
