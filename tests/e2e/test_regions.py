@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.cli import main
 from service.local.broker import LocalBroker
 from service.local.mirror import LocalMirror
 from service.local.nodes import NodeProcess
@@ -75,7 +76,9 @@ def test_two_regions_share_one_budget_through_a_cut_of_the_mirror(
     flags = ["--rate", str(RATE), "--burst", str(BURST), "--region-stale-s", str(STALE_S)]
     flags += ["--region-fail-mode", "share", "--region-heartbeat-s", "0.5"]
     a = spawn("a-1", brokers["a"].address, "--region", "a", *flags, wait=False)
-    b = spawn("b-1", brokers["b"].address, "--region", "b", *flags, wait=False)
+    # Global rules: region a is their home; region b follows its mirrored copy.
+    b_rules = ["--rules-topic", "a.ratelimiter.rules"]
+    b = spawn("b-1", brokers["b"].address, "--region", "b", *flags, *b_rules, wait=False)
     mirror.up()
     for node in (a, b):
         node.wait_ready(90)
@@ -130,3 +133,15 @@ def test_two_regions_share_one_budget_through_a_cut_of_the_mirror(
 
         wait_until(agreed, 30, f"both regions agree with the clients: {mismatch}")
         print(f"admitted per user: {dict(admitted)}; answers during the cut: {dict(statuses)}")
+
+        # A rule put in region a (its home) is in force in region b through the mirror.
+        put = ["rules", "put", "default", "--rate", "1", "--burst", "3"]
+        assert main([*put, "--kafka", brokers["a"].address, "--topic", "ratelimiter.rules"]) == 0
+        probes = iter(range(10**6))
+
+        def b_policy() -> str:
+            headers = {"X-User-ID": f"probe-{next(probes)}"}
+            return client.post(f"{b.url}/protected", headers=headers).headers["ratelimit-policy"]
+
+        took = wait_until(lambda: b_policy() == '"default";q=3;w=3', 10, "the rule in b")
+        print(f"rule put in region a, in force in region b after {took:.3f}s")
