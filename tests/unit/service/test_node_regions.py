@@ -144,3 +144,34 @@ async def test_regions_endpoint_and_readyz_report_each_remote_region() -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_region_found_after_start_is_read_from_its_beginning() -> None:
+    clock = ManualClock()
+    log_a, log_b = MemoryLog(4, broker_clock=clock), MemoryLog(4, broker_clock=clock)
+    mirror_to_a = MemoryRemoteLog()  # region b's topic is not mirrored yet
+    common = {"rate": 1, "burst": 30, "region_stale_s": STALE_S}
+    a = memory_node(log_a, clock, "a1", remote_log=mirror_to_a, region="a", **common)
+    b = memory_node(log_b, clock, "b1", remote_log=MemoryRemoteLog(), region="b", **common)
+    for node in (a, b):
+        await node.start()
+    try:
+        for node in (a, b):
+            await node.wait_ready(5)
+        rule = b.rules.default
+        assert sum(b.decide("dee", 1, rule).allowed for _ in range(30)) == 30
+        assert b.replicator is not None
+        replicator = b.replicator
+        await wait_for(
+            lambda: replicator.buffered == 0 and b.engine.dirty_count() == 0, 5, "b published"
+        )
+        clock.advance(100.0)  # long repaid at 1/s
+        mirror_to_a.mirrored["b.ratelimiter.state"] = log_b  # MirrorMaker starts
+        await wait_for(lambda: _consumed(a, "dee", 30), 5, "a merged b's history")
+        await wait_for(lambda: _state(a) == "fresh", 5, "b fresh in a")
+        # Its history, long repaid: the user's bucket is full in region a.
+        assert a.engine.view("dee", rule).tokens == 30
+        assert sum(a.decide("dee", 1, rule).allowed for _ in range(30)) == 30
+    finally:
+        await a.stop()
+        await b.stop()
