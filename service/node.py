@@ -254,8 +254,8 @@ class Node:
         self.metrics.broker_up.set(1)
         self.supervisor.spawn("flush", replicator.flush_loop)
         self.supervisor.spawn("consume", replicator.consume_loop)
-        if remote is not None:
-            self.supervisor.spawn("remote", replicator.remote_loop)
+        if replicator.region_feed is not None:
+            self.supervisor.spawn("remote", replicator.region_feed.follow)
             self.supervisor.spawn("regions", self._regions_loop)
         self._replicating = True
         if placement is not None:

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,9 +17,10 @@ from service.clock import Clock, DisciplinedClock, Stamp, from_unix_ms, to_unix_
 from service.engine import Engine
 from service.errors import PoisonRecord, RateLimiterError
 from service.metrics import Metrics
-from service.regions import RegionTracker, region_of
+from service.regions import RegionTracker
 from service.replication import codec, snapshot
-from service.replication.remotelog import RemoteLog, RemoteRecord
+from service.replication.regional import RegionFeed
+from service.replication.remotelog import RemoteLog
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed, StateLog
 
 log = logging.getLogger("ratelimiter.sync")
@@ -36,7 +38,6 @@ EXPIRE_SLICE = 1_000  # records of silent writers looked at per flush
 PROBE_ATTEMPTS = 3  # clock probes at start before bootstrapping on the uncorrected clock
 COMPACT_SLACK = 10_000  # outbox items beyond twice the pending keys before re-encoding
 KEY_CAP = 2  # the buffer holds at most this many times --max-buffered-keys keys
-DISCOVER_S = 2.0  # how often the cluster is looked at for new remote regions' topics
 
 
 class PeerSeen(NamedTuple):
@@ -134,15 +135,20 @@ class Replicator:
         self._catching_up: dict[int, int] = {}
         self.ready_listeners: list[Callable[[], None]] = []  # told when ready_partitions change
         # Regions (--region): other regions' mirrored topics, merged like local peers'
-        # records but never written, never used to measure the clock, never expired here;
-        # `regions` follows their lag. With `heartbeat_s`, a flush with nothing to say
-        # publishes an empty record once that long passed since the last publish.
+        # records (`region_feed.follow`); `regions` follows their lag. With `heartbeat_s`,
+        # a flush with nothing to say publishes an empty record once that long passed
+        # since the last publish.
         self.remote = remote
         self.regions = regions if regions is not None else RegionTracker(math.inf)
+        self.region_feed = (
+            None
+            if remote is None
+            else RegionFeed(
+                remote, self.regions, engine, metrics, clock, partial(self._merge, remote=True)
+            )
+        )
         self.heartbeat_s = heartbeat_s
         self._last_publish = clock()  # cluster time of the last acknowledged publish
-        self._remote_catching_up: dict[tuple[str, int], int] = {}
-        self._next_discovery = 0.0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -165,8 +171,8 @@ class Replicator:
                     records = await self.log.fetch(0.2, FETCH_MAX_RECORDS)
                     count += len(records)
                     await self._merge(records)
-                if self.remote is not None:
-                    count += await self._bootstrap_remote(self.remote)
+                if self.region_feed is not None:
+                    count += await self.region_feed.bootstrap()
         finally:
             self.engine.set_bootstrapping(False, self.clock())
         self._note_silent_writers()
@@ -175,22 +181,6 @@ class Replicator:
         self.metrics.bootstrap_records.set(count)
         log.info("bootstrapped from %d records in %.2fs", count, time.monotonic() - started)
         return count
-
-    async def _bootstrap_remote(self, remote: RemoteLog) -> int:
-        """Read every remote topic found now to its end offsets (while bootstrapping)."""
-        topics = await remote.discover()
-        self._next_discovery = time.monotonic() + DISCOVER_S
-        for topic in topics:
-            self.regions.add_topic(topic, self.clock())
-        ends = await remote.end_offsets(topics)
-        count = 0
-        while True:
-            positions = await remote.positions(topics)
-            if all(positions.get(tp, 0) >= end for tp, end in ends.items()):
-                return count
-            records = await remote.fetch(0.2, FETCH_MAX_RECORDS)
-            count += len(records)
-            await self._merge_remote(records)
 
     def _note_silent_writers(self) -> None:
         """After reading history: writers seen writing lately are not silent after all."""
@@ -669,72 +659,6 @@ class Replicator:
                 await self._merge(records)
             if self._catching_up:
                 await self._check_caught_up()
-
-    async def remote_loop(self) -> None:
-        """Find, fetch and merge other regions' mirrored topics forever (a supervised task:
-        a bug propagates; a broker error is waited out). A topic found after bootstrap is
-        read to its end as at start (its history merged live would count as late debt)."""
-        remote = self.remote
-        assert remote is not None
-        while True:
-            try:
-                if time.monotonic() >= self._next_discovery:
-                    self._next_discovery = time.monotonic() + DISCOVER_S
-                    await self._discover(remote)
-                if not remote.topics:
-                    await asyncio.sleep(DISCOVER_S)
-                    continue
-                records = await remote.fetch(0.1, FETCH_MAX_RECORDS)
-                if records:
-                    await self._merge_remote(records)
-                if self._remote_catching_up:
-                    await self._check_remote_caught_up(remote)
-            except (RateLimiterError, OSError) as exc:
-                log.warning("reading the remote topics failed: %r", exc)
-                await asyncio.sleep(0.5)
-
-    async def _discover(self, remote: RemoteLog) -> None:
-        topics = await remote.discover()
-        if not topics:
-            return
-        ends = await remote.end_offsets(topics)
-        positions = await remote.positions(topics)
-        for tp, end in ends.items():
-            if positions.get(tp, 0) < end:
-                self._remote_catching_up[tp] = end
-        behind = {topic for topic, _ in self._remote_catching_up}
-        for topic in topics:
-            self.regions.add_topic(topic, self.clock()).catching_up = topic in behind
-        if self._remote_catching_up and not self.engine.limiters_bootstrapping():
-            self.engine.set_bootstrapping(True, self.clock())
-        log.info("found remote topics %s: reading them to their end", topics)
-        await self._check_remote_caught_up(remote)
-
-    async def _check_remote_caught_up(self, remote: RemoteLog) -> None:
-        reading = {topic for topic, _ in self._remote_catching_up}
-        positions = await remote.positions(reading)
-        for tp in [tp for tp, end in self._remote_catching_up.items() if positions[tp] >= end]:
-            del self._remote_catching_up[tp]
-        still = {topic for topic, _ in self._remote_catching_up}
-        for topic in reading - still:
-            self.regions.add_topic(topic).catching_up = False
-            log.info("remote topic %r read to its end", topic)
-        if not self._remote_catching_up and self.engine.limiters_bootstrapping():
-            self.engine.set_bootstrapping(False, self.clock())
-
-    async def _merge_remote(self, records: list[RemoteRecord]) -> None:
-        """Merge records of mirrored topics, noting each region's newest source stamp."""
-        by_region: dict[str, list[LogRecord]] = {}
-        for topic, record in records:
-            by_region.setdefault(region_of(topic), []).append(record)
-        bootstrapping = self.engine.limiters_bootstrapping()
-        now_ms = to_unix_ms(self.clock())
-        for region, logged in by_region.items():
-            newest = max(r.timestamp_ms for r in logged)
-            self.regions.observe(region, from_unix_ms(newest), len(logged))
-            if not bootstrapping:
-                self.metrics.region_delivery.labels(region).observe(max(0, now_ms - newest) / 1000)
-            await self._merge(logged, remote=True)
 
     async def _merge(self, records: list[LogRecord], *, remote: bool = False) -> None:
         """Decode and merge peers' records, yielding to the event loop every slice.
