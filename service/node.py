@@ -543,7 +543,9 @@ class Node:
             )
             shares[rule.name] = store
             if not regional:
-                log.warning("broker unreachable: fail mode share, this node takes 1/%d", n)
+                log.warning(
+                    "broker unreachable: fail mode share, this node takes 1/%d of limits", n
+                )
         return store
 
     def _decide_share(self, key: str, cost: int, rule: Rule) -> Decision:
