@@ -19,11 +19,11 @@ from aiokafka.errors import KafkaError
 
 from service.errors import BrokerError
 from service.local import jars, process
+from service.local.daemon import JavaDaemon
 from service.local.jars import Progress
 from service.local.process import LOOPBACK
 
 DEFAULT_PORT = 9092
-LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 POLL_S = 0.2  # readiness and shutdown polling period
 
 T = TypeVar("T")
@@ -44,12 +44,14 @@ class BrokerStatus:
     data_dir: Path
 
 
-class LocalBroker:
+class LocalBroker(JavaDaemon):
     """One single-node KRaft broker (combined broker + controller) owning one data dir.
 
     The broker runs detached (own session, output to `broker.out` in the data dir), so
     it outlives the process that started it; `down()` works from any process.
     """
+
+    what = "the broker"
 
     def __init__(
         self,
@@ -64,21 +66,21 @@ class LocalBroker:
         progress: Progress | None = None,
         extra_listeners: dict[str, tuple[int, int]] | None = None,
     ) -> None:
+        super().__init__(
+            data_dir or default_data_dir(),
+            jars_dir or jars.default_jars_dir(),
+            "broker",
+            heap=heap,
+            stop_timeout=stop_timeout,
+            progress=progress,
+        )
         self.port = port
         # name -> (port the broker listens on, port it advertises): lets a TCP proxy sit
         # between some clients and the broker (metadata then points at the proxy too).
         self.extra_listeners = dict(extra_listeners or {})
-        self.data_dir = (data_dir or default_data_dir()).resolve()
-        self.jars_dir = (jars_dir or jars.default_jars_dir()).resolve()
         self.controller_port = controller_port
-        self.heap = heap
         self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._progress = progress
-        self.pid_file = self.data_dir / "broker.pid"
         self.properties = self.data_dir / "server.properties"
-        self.output_log = self.data_dir / "broker.out"
-        self.server_log = self.data_dir / "logs" / "server.log"
         self._log_dir = self.data_dir / "kraft"
 
     @property
@@ -89,6 +91,9 @@ class LocalBroker:
     def fetch_jars(self) -> Path:
         """Fetch the broker's jars with Maven unless the cache is already complete."""
         return jars.fetch_jars(self.jars_dir, progress=self._progress)
+
+    def running_pid(self) -> int | None:
+        return self.status().pid
 
     def status(self) -> BrokerStatus:
         """Whether this data dir's broker process runs (by its pid file), with its address."""
@@ -122,28 +127,10 @@ class LocalBroker:
             try:
                 run_sync(lambda: self._wait_answering(pid))
             except BaseException:
-                self._terminate(pid, grace=5.0)
+                process.terminate_group(pid, 5.0, self.what)
                 self.pid_file.unlink(missing_ok=True)
                 raise
             return self.address
-
-    def down(self) -> int | None:
-        """Stop the broker (SIGTERM, SIGKILL after `stop_timeout`); return its pid if it ran."""
-        if not self.data_dir.is_dir():
-            return None
-        with jars.file_lock(self.data_dir / ".lock"):
-            current = self.status()
-            if current.pid is None:
-                self.pid_file.unlink(missing_ok=True)
-                return None
-            self._say(f"stopping the broker (pid {current.pid}) ...")
-            self._terminate(current.pid, grace=self.stop_timeout)
-            self.pid_file.unlink(missing_ok=True)
-            return current.pid
-
-    def _say(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress(message)
 
     def _running_port(self) -> int:
         """The client port written in server.properties when the running broker started."""
@@ -191,28 +178,13 @@ class LocalBroker:
         header = "# Written by `ratelimiter kafka up` on every start.\n"
         self.properties.write_text(header + body)
 
-    def _java_args(self, java: str) -> list[str]:
-        return [
-            java,
-            f"-Xmx{self.heap}",
-            "-Xms128m",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-            f"-Dkafka.logs.dir={self.server_log.parent}",
-            "-cp",
-            str(self.jars_dir / "*"),
-        ]
-
     def _format_storage(self, java: str) -> None:
         """Format the KRaft log dir once; a formatted dir keeps its cluster id and topics."""
         if (self._log_dir / "meta.properties").is_file():
             return
         self._say(f"formatting KRaft storage in {self._log_dir} ...")
         command = [
-            *self._java_args(java),
+            *self.java_args(java),
             "kafka.tools.StorageTool",
             "format",
             "-t",
@@ -232,7 +204,7 @@ class LocalBroker:
         """Start the broker in its own session, output to broker.out; write the pid file."""
         self._say(f"starting Kafka {jars.kafka_version()} on {self.address} ...")
         self.server_log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [*self._java_args(java), "kafka.Kafka", str(self.properties)]
+        argv = [*self.java_args(java), "kafka.Kafka", str(self.properties)]
         pid = process.spawn_detached(argv, self.output_log)
         self.pid_file.write_text(f"{pid}\n")
         return pid
@@ -243,7 +215,7 @@ class LocalBroker:
         while True:
             if pid is not None and not process.pid_alive(pid):
                 raise BrokerError(
-                    f"the broker exited during startup; its log ends:\n{self._log_tail()}"
+                    f"the broker exited during startup; its log ends:\n{self.log_tail()}"
                 )
             remaining = deadline - time.monotonic()
             if process.tcp_open(LOOPBACK, self.port) and await broker_answers(
@@ -253,17 +225,9 @@ class LocalBroker:
             if time.monotonic() >= deadline:
                 raise BrokerError(
                     f"the broker did not answer on {self.address} within {self.start_timeout:g}s; "
-                    f"its log ends:\n{self._log_tail()}"
+                    f"its log ends:\n{self.log_tail()}"
                 )
             await asyncio.sleep(POLL_S)
-
-    def _terminate(self, pid: int, grace: float) -> None:
-        """SIGTERM the broker's process group, SIGKILL after `grace` seconds; wait for exit."""
-        process.terminate_group(pid, grace, "the broker")
-
-    def _log_tail(self) -> str:
-        lines = process.tail(self.server_log) + process.tail(self.output_log)
-        return "\n".join(lines[-20:]) or f"(nothing logged in {self.server_log})"
 
 
 async def broker_answers(address: str, wait_s: float = 5.0) -> bool:

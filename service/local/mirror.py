@@ -18,7 +18,8 @@ from pathlib import Path
 
 from service.errors import BrokerError
 from service.local import jars, process
-from service.local.broker import LOG4J_CONFIG, broker_answers, run_sync
+from service.local.broker import broker_answers, run_sync
+from service.local.daemon import JavaDaemon
 from service.local.jars import Progress
 
 MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
@@ -107,10 +108,12 @@ class MirrorStatus:
     data_dir: Path
 
 
-class LocalMirror:
+class LocalMirror(JavaDaemon):
     """One MirrorMaker 2 process mirroring every cluster to every other, owning one data
     dir. It runs detached (own session, output to `mirror.out`), so it outlives the process
     that started it; `down()` works from any process."""
+
+    what = "MirrorMaker"
 
     def __init__(
         self,
@@ -125,25 +128,28 @@ class LocalMirror:
         stop_timeout: float = 30.0,
         progress: Progress | None = None,
     ) -> None:
+        super().__init__(
+            data_dir,
+            jars_dir or jars.default_mirror_jars_dir(),
+            "mirror",
+            heap=heap,
+            stop_timeout=stop_timeout,
+            progress=progress,
+        )
         self.clusters = dict(clusters)
-        self.data_dir = data_dir.resolve()
-        self.jars_dir = (jars_dir or jars.default_mirror_jars_dir()).resolve()
         self.topics = topics
         self.refresh_s = refresh_s
-        self.heap = heap
         self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._progress = progress
-        self.pid_file = self.data_dir / "mirror.pid"
         self.properties = self.data_dir / "mm2.properties"
-        self.output_log = self.data_dir / "mirror.out"
-        self.server_log = self.data_dir / "logs" / "server.log"
 
     def fetch_jars(self) -> Path:
         """Fetch MirrorMaker's jars with Maven unless the cache is already complete."""
         return jars.fetch_jars(
             self.jars_dir, pom=jars.MIRROR_POM, progress=self._progress, what="MirrorMaker"
         )
+
+    def running_pid(self) -> int | None:
+        return self.status().pid
 
     def status(self) -> MirrorStatus:
         """Whether this data dir's MirrorMaker runs (by its pid file), and what it mirrors."""
@@ -174,28 +180,10 @@ class LocalMirror:
             try:
                 self._wait_started(pid, log_from)
             except BaseException:
-                process.terminate_group(pid, 5.0, "MirrorMaker")
+                process.terminate_group(pid, 5.0, self.what)
                 self.pid_file.unlink(missing_ok=True)
                 raise
             return _describe(self.clusters)
-
-    def down(self) -> int | None:
-        """Stop MirrorMaker (SIGTERM, SIGKILL after `stop_timeout`); its pid if it ran."""
-        if not self.data_dir.is_dir():
-            return None
-        with jars.file_lock(self.data_dir / ".lock"):
-            current = self.status()
-            if current.pid is None:
-                self.pid_file.unlink(missing_ok=True)
-                return None
-            self._say(f"stopping MirrorMaker (pid {current.pid}) ...")
-            process.terminate_group(current.pid, self.stop_timeout, "MirrorMaker")
-            self.pid_file.unlink(missing_ok=True)
-            return current.pid
-
-    def _say(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress(message)
 
     def _require_clusters(self) -> None:
         for alias, address in self.clusters.items():
@@ -225,22 +213,7 @@ class LocalMirror:
         self._say(f"starting MirrorMaker {jars.kafka_version()} for {_describe(self.clusters)} ...")
         self.server_log.parent.mkdir(parents=True, exist_ok=True)
         log_from = self.server_log.stat().st_size if self.server_log.exists() else 0
-        argv = [
-            java,
-            f"-Xmx{self.heap}",
-            "-Xms64m",
-            "-XX:+UseG1GC",
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-            f"-Dkafka.logs.dir={self.server_log.parent}",
-            "-cp",
-            str(self.jars_dir / "*"),
-            MAIN_CLASS,
-            str(self.properties),
-        ]
-        pid = process.spawn_detached(argv, self.output_log)
-        self.pid_file.write_text(f"{pid}\n")
+        pid = self.spawn([*self.java_args(java), MAIN_CLASS, str(self.properties)])
         return pid, log_from
 
     def _wait_started(self, pid: int, log_from: int) -> None:
@@ -249,16 +222,16 @@ class LocalMirror:
         while STARTED_LINE not in (logged := self._log_since(log_from)):
             if FAILED_LINE in logged:
                 raise BrokerError(
-                    f"MirrorMaker refused its configuration; its log ends:\n{self._tail()}"
+                    f"MirrorMaker refused its configuration; its log ends:\n{self.log_tail()}"
                 )
             if not process.pid_alive(pid):
                 raise BrokerError(
-                    f"MirrorMaker exited during startup; its log ends:\n{self._tail()}"
+                    f"MirrorMaker exited during startup; its log ends:\n{self.log_tail()}"
                 )
             if time.monotonic() >= deadline:
                 raise BrokerError(
                     f"MirrorMaker did not start within {self.start_timeout:g}s; its log ends:\n"
-                    f"{self._tail()}"
+                    f"{self.log_tail()}"
                 )
             time.sleep(process.POLL_S)
 
@@ -269,10 +242,6 @@ class LocalMirror:
                 return handle.read().decode(errors="replace")
         except OSError:
             return ""
-
-    def _tail(self) -> str:
-        lines = process.tail(self.server_log) + process.tail(self.output_log)
-        return "\n".join(lines[-20:]) or f"(nothing logged in {self.server_log})"
 
 
 def _describe(clusters: Mapping[str, str]) -> str:
