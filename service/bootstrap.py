@@ -16,7 +16,9 @@ from service.membership.members import Membership
 from service.metrics import Metrics
 from service.node import Node
 from service.placement import Placement
+from service.regions import RegionTracker
 from service.replication.codec import partition_for_user
+from service.replication.remotelog import KafkaRemoteLog, RemoteLog
 from service.replication.replicator import Replicator
 from service.replication.snapshot import snapshot_path
 from service.replication.statelog import KafkaStateLog, StateLog
@@ -24,7 +26,7 @@ from service.rules.document import load_rules
 from service.rules.feed import RulesFeed
 from service.rules.log import KafkaRulesLog, RulesLog
 from service.rules.model import RuleSet, default_rule
-from service.settings import Settings
+from service.settings import Settings, remote_topic_selector
 
 
 def new_incarnation() -> str:
@@ -41,6 +43,16 @@ def kafka_state_log(settings: Settings) -> KafkaStateLog:
         client_id=f"ratelimiter-{settings.node_id}",
         linger_ms=max(1, int(settings.flush_ms / 4)),
         publish_timeout_s=settings.publish_timeout_ms / 1000,
+        security=settings.kafka_options(),
+    )
+
+
+def kafka_remote_log(settings: Settings) -> KafkaRemoteLog:
+    """Other regions' mirrored state topics on the settings' Kafka cluster (--region)."""
+    return KafkaRemoteLog(
+        settings.kafka,
+        remote_topic_selector(settings),
+        client_id=f"ratelimiter-{settings.node_id}",
         security=settings.kafka_options(),
     )
 
@@ -73,6 +85,7 @@ def build_node(
     state_log: StateLog | None = None,
     rules_log: RulesLog | None = None,
     members_log: MembersLog | None = None,
+    remote_log: RemoteLog | None = None,
 ) -> Node:
     """A node for `settings`: standalone when `kafka` is `none`, else replicating through
     `state_log` (the state topic on Kafka by default) and following `rules_log` (the rules
@@ -107,6 +120,13 @@ def build_node(
     if not settings.standalone:
         log = state_log if state_log is not None else kafka_state_log(settings)
         partitions = log.partitions
+        remote: RemoteLog | None = None
+        regions: RegionTracker | None = None
+        if settings.region is not None:
+            remote = remote_log if remote_log is not None else kafka_remote_log(settings)
+            regions = RegionTracker(
+                settings.region_stale_s, remote_topic_selector(settings).expected_regions()
+            )
         replicator = Replicator(
             engine,
             log,
@@ -124,6 +144,9 @@ def build_node(
                 else None
             ),
             topic=settings.topic,
+            remote=remote,
+            regions=regions,
+            heartbeat_s=settings.region_heartbeat_s if settings.region is not None else None,
         )
         if settings.replica_count is not None:
             membership = Membership(

@@ -65,6 +65,14 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.region_delivery = Histogram(
+            "ratelimiter_region_delivery_seconds",
+            "From a remote region's broker stamping a record to merged here (its mirror's "
+            "delay and both clocks' offset), per fetch's newest record",
+            ["region"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "ratelimiter_event_loop_lag_seconds",
             "How late a timer fires on the event loop: the wait of work that became ready",

@@ -25,6 +25,7 @@ from service.supervisor import Supervisor
 
 log = logging.getLogger("ratelimiter.node")
 
+REGIONS_S = 0.1  # how often remote regions' freshness is looked at
 SWEEP_INTERVAL_S = 0.25
 SWEEP_BUDGET = 20_000  # keys looked at per sweep ...
 SWEEP_SLICE = 1_000  # ... a slice at a time, yielding to the event loop in between
@@ -75,6 +76,11 @@ class Node:
         self._log_started = False
         self._joined = False
         self._share: dict[str, Limiter] = {}
+        # --region-fail-mode share while a remote region is stale: this node's slice of
+        # 1/R of every limit (see _share_store), by rule.
+        self.region_share = False
+        self._region_share: dict[str, Limiter] = {}
+        self._remote_started = False
         self.supervisor = Supervisor(metrics, on_change=self._readiness_changed)
         self.decisions: dict[tuple[str, ...], float] = {
             (rule.name, outcome): 0 for rule in rules.all() for outcome in OUTCOMES
@@ -96,6 +102,29 @@ class Node:
             self.metrics.clock_correction.set_function(lambda: discipline.correction)
             self.metrics.clock_uncertainty.set_function(
                 lambda: best.uncertainty if (best := discipline.measured) else math.nan
+            )
+        if replicator is not None and settings.region is not None:
+            regions = replicator.regions
+            self.metrics.watch(
+                "ratelimiter_region_lag_seconds",
+                lambda: {(r,): regions.lag(r, self.clock()) for r in regions.links},
+                "Age of the newest record merged from each remote region (its broker's stamp "
+                "to this node's now; +Inf before any)",
+                ("region",),
+            )
+            self.metrics.watch(
+                "ratelimiter_region_fresh",
+                lambda: {
+                    (r,): float(regions.state(r, self.clock()) == "fresh") for r in regions.links
+                },
+                "1 while a remote region's lag is within --region-stale-s",
+                ("region",),
+            )
+            self.metrics.watch(
+                "ratelimiter_region_share",
+                lambda: {(): float(self.region_share)},
+                "1 while this node enforces its region's 1/R share (--region-fail-mode share)",
+                (),
             )
         self.metrics.watch(
             "ratelimiter_entries_bounded_total",
@@ -131,6 +160,9 @@ class Node:
                 self._replicating = False
             await self.replicator.log.stop()
             self._log_started = False
+            if self.replicator.remote is not None:
+                await self.replicator.remote.stop()
+                self._remote_started = False
         self._rules_read = False
         self.ready = False
 
@@ -198,6 +230,14 @@ class Node:
             except RateLimiterError as exc:
                 log.warning("waiting for Kafka at %s: %s", s.kafka, exc)
                 await asyncio.sleep(RETRY_S)
+        remote = replicator.remote
+        while remote is not None and not self._remote_started:
+            try:
+                await remote.start()
+                self._remote_started = True
+            except RateLimiterError as exc:
+                log.warning("waiting for Kafka at %s (remote topics): %s", s.kafka, exc)
+                await asyncio.sleep(RETRY_S)
         placement = self.placement
         if placement is not None and not self._joined and not await self._join(placement):
             return
@@ -214,6 +254,9 @@ class Node:
         self.metrics.broker_up.set(1)
         self.supervisor.spawn("flush", replicator.flush_loop)
         self.supervisor.spawn("consume", replicator.consume_loop)
+        if replicator.region_feed is not None:
+            self.supervisor.spawn("remote", replicator.region_feed.follow)
+            self.supervisor.spawn("regions", self._regions_loop)
         self._replicating = True
         if placement is not None:
             placement.active = True
@@ -306,6 +349,7 @@ class Node:
             for outcome in OUTCOMES:
                 self.decisions.setdefault((rule.name, outcome), 0)
         self._share.clear()  # share-mode buckets were sized from the old limits
+        self._region_share.clear()
         for listener in self.rules_listeners:
             listener(rules)
         log.info(
@@ -362,21 +406,76 @@ class Node:
 
     @property
     def mode(self) -> str:
-        """`normal`, or the fail mode in force while the broker is unreachable."""
+        """`normal`, the fail mode in force while the broker is unreachable, or
+        `region_share` while a remote region is stale under --region-fail-mode share."""
         replicator = self.replicator
         if replicator is None or not self._replicating or replicator.broker_ok:
             if self._share:
                 self._share.clear()  # the broker is back: the shared limit applies again
-            return "normal"
+            return "region_share" if self.region_share else "normal"
         return self.settings.fail_mode
 
+    # -- regions ---------------------------------------------------------------
+
+    def regions_view(self) -> list[dict[str, object]]:
+        """Each remote region: its topics, lag, state (fresh, stale, catching_up), records."""
+        if self.replicator is None or self.settings.region is None:
+            return []
+        regions = self.replicator.regions
+        now = self.clock()
+        out: list[dict[str, object]] = []
+        for name, link in sorted(regions.links.items()):
+            lag = regions.lag(name, now)
+            out.append(
+                {
+                    "region": name,
+                    "topics": sorted(link.topics),
+                    "state": regions.state(name, now),
+                    "lag_s": None if math.isinf(lag) else round(lag, 3),
+                    "records": link.records,
+                }
+            )
+        return out
+
+    def _update_region_share(self) -> None:
+        """Enter or leave the region share (--region-fail-mode share) as regions go stale
+        and fresh; the shares start full when entered, and are dropped when left: the
+        remote consumption merged meanwhile is in the shared bucket either way."""
+        replicator = self.replicator
+        if replicator is None or self.settings.region_fail_mode != "share":
+            return
+        stale = replicator.regions.stale(self.clock()) if self.ready else []
+        share = bool(stale)
+        if share == self.region_share:
+            return
+        self.region_share = share
+        self._region_share.clear()
+        if share:
+            log.warning(
+                "remote regions %s stale beyond %.1fs: enforcing this region's 1/%d share",
+                ", ".join(stale),
+                self.settings.region_stale_s,
+                replicator.regions.count,
+            )
+        else:
+            log.info("every remote region fresh again: back to the shared limits")
+
+    async def _regions_loop(self) -> None:
+        while True:
+            self._update_region_share()
+            await asyncio.sleep(REGIONS_S)
+
     def decide(self, key: str, cost: int, rule: Rule) -> Decision:
-        """Decide and count one request (honouring the fail mode during a broker outage)."""
+        """Decide and count one request (honouring the fail mode during a broker outage,
+        and the region fail mode while a remote region is stale)."""
         if not self.ready:
             raise Unavailable("the node is still reading the state topic (see /readyz)")
         replicator = self.replicator
         if replicator is None or replicator.broker_ok or self.settings.fail_mode == "local":
-            decision = self.engine.decide(key, cost, rule)
+            if self.region_share and replicator is not None and replicator.broker_ok:
+                decision = self._decide_share(key, cost, rule)
+            else:
+                decision = self.engine.decide(key, cost, rule)
         elif self.settings.fail_mode == "closed":
             self.decisions[(rule.name, "unavailable")] = (
                 self.decisions.get((rule.name, "unavailable"), 0) + 1
@@ -398,7 +497,11 @@ class Node:
             raise Unavailable("the node is still reading the state topic (see /readyz)")
         replicator = self.replicator
         if replicator is None or replicator.broker_ok or self.settings.fail_mode == "local":
-            decisions = self.engine.decide_all(checks)
+            if self.region_share and replicator is not None and replicator.broker_ok:
+                gates = [self._share_store(check.rule) for check in checks]
+                decisions = self.engine.decide_all(checks, gates=gates)
+            else:
+                decisions = self.engine.decide_all(checks)
         elif self.settings.fail_mode == "closed":
             for check in checks:
                 self._count(check.rule.name, "unavailable")
@@ -417,10 +520,17 @@ class Node:
         self.decisions[(rule, outcome)] = self.decisions.get((rule, outcome), 0) + 1
 
     def _share_store(self, rule: Rule) -> Limiter:
-        store = self._share.get(rule.name)
+        """This node's share of `rule`: 1/N during a broker outage (N = itself and the
+        peers heard from before it), and 1/(R*N) while the broker answers but a remote
+        region is stale (its region's 1/R, split among the region's N nodes)."""
+        assert self.replicator is not None
+        regional = self.region_share and self.replicator.broker_ok
+        shares = self._region_share if regional else self._share
+        store = shares.get(rule.name)
         if store is None:
-            assert self.replicator is not None
             n = 1 + self.replicator.alive_peers(self.settings.peer_timeout_s)
+            if regional:
+                n *= self.replicator.regions.count
             store = make_limiter(
                 rule.algorithm,
                 f"{self.replica}/share",
@@ -431,8 +541,11 @@ class Node:
                 period=rule.period,
                 origin=ORIGIN,
             )
-            self._share[rule.name] = store
-            log.warning("broker unreachable: fail mode share, this node takes 1/%d of limits", n)
+            shares[rule.name] = store
+            if not regional:
+                log.warning(
+                    "broker unreachable: fail mode share, this node takes 1/%d of limits", n
+                )
         return store
 
     def _decide_share(self, key: str, cost: int, rule: Rule) -> Decision:

@@ -14,11 +14,13 @@ from crdt.limiter import Algorithm
 from crdt.policy import bucket_problem, window_problem
 from service.clock import ClockMode
 from service.errors import ConfigError
+from service.regions import TopicSelector
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 FailMode = Literal["local", "share", "closed"]
+RegionFailMode = Literal["local", "share"]
 MIN_ADMIN_TOKEN = 16
 
 
@@ -89,6 +91,18 @@ class Settings(BaseSettings):
     forward_timeout_ms: float = Field(50.0, gt=0, le=10_000, allow_inf_nan=False)
     # host:port peers forward to (default: --host:--port; a wildcard host gives the hostname).
     advertise: str | None = Field(None, pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+    # Regions (see service/replication/regions.py): this node's region (the MirrorMaker
+    # alias of its Kafka cluster; unset: no regions) and the mirrored state topics of the
+    # others it merges: a comma list of names, or a regular expression (default: every
+    # `<region>.<topic>`). A remote region is stale when its newest record is older than
+    # region_stale_s; then `local` keeps deciding, `share` takes 1/R of every limit.
+    region: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    remote_topics: str | None = Field(None, min_length=1, max_length=1000)
+    region_fail_mode: RegionFailMode = "local"
+    region_stale_s: float = Field(5.0, gt=0, le=3600, allow_inf_nan=False)
+    # With --region, a node that published nothing for this long publishes an empty record,
+    # so an idle region is seen to be alive (and not stale) by the others.
+    region_heartbeat_s: float = Field(1.0, gt=0, le=60, allow_inf_nan=False)
     # Passed through to every Kafka client (producer, consumer, admin).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -225,9 +239,49 @@ def load_settings(**overrides: Any) -> Settings:
                 "RATELIMITER_MEMBER_EXPIRY_S): must exceed heartbeat_s "
                 f"({settings.heartbeat_s}), got {settings.member_expiry_s}"
             )
+    _check_regions(settings)
     if settings.seal_ms <= settings.epoch_ms:
         raise ConfigError(
             f"invalid setting seal_ms (--seal-ms / RATELIMITER_SEAL_MS): must exceed "
             f"epoch_ms ({settings.epoch_ms}), got {settings.seal_ms}"
         )
     return settings
+
+
+def _check_regions(settings: Settings) -> None:
+    """Region settings that only make sense together."""
+    if settings.region is None:
+        if settings.remote_topics is not None:
+            raise ConfigError(
+                "invalid setting remote_topics (--remote-topics / RATELIMITER_REMOTE_TOPICS): "
+                "needs --region (the region this node belongs to)"
+            )
+        return
+    if settings.standalone:
+        raise ConfigError(
+            "invalid setting region (--region / RATELIMITER_REGION): needs --kafka (a "
+            "standalone node has no mirrored topics to read)"
+        )
+    if settings.replica_count is not None:
+        raise ConfigError(
+            "invalid setting region (--region / RATELIMITER_REGION): not supported with "
+            "--replicas N yet (use --replicas all)"
+        )
+    if settings.region_stale_s <= settings.region_heartbeat_s:
+        raise ConfigError(
+            "invalid setting region_stale_s (--region-stale-s / RATELIMITER_REGION_STALE_S): "
+            f"must exceed region_heartbeat_s ({settings.region_heartbeat_s}), got "
+            f"{settings.region_stale_s}"
+        )
+    try:
+        remote_topic_selector(settings)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid setting remote_topics (--remote-topics / RATELIMITER_REMOTE_TOPICS): {exc}"
+        ) from exc
+
+
+def remote_topic_selector(settings: Settings) -> TopicSelector:
+    """Which mirrored state topics a node of `settings.region` merges."""
+    assert settings.region is not None
+    return TopicSelector.parse(settings.remote_topics, settings.topic, settings.region)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Sequence
 from service.clock import Clock, to_unix_ms
 from service.errors import BrokerError
 from service.membership.log import MemberRecord
+from service.replication.remotelog import Position, RemoteRecord
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed
 from service.rules.codec import RuleRecord
 
@@ -22,6 +23,7 @@ __all__ = [
     "MemoryLog",
     "MemoryMembers",
     "MemoryMembersLog",
+    "MemoryRemoteLog",
     "MemoryRules",
     "MemoryRulesLog",
     "MemoryStateLog",
@@ -118,6 +120,52 @@ class MemoryStateLog:
                 chunk = records[start : start + max_records - len(out)]
                 out.extend(chunk)
                 self._positions[p] = start + len(chunk)
+        if not out:
+            await asyncio.sleep(min(timeout_s, 0.005))  # an idle poll waits, as Kafka's does
+        return out
+
+
+class MemoryRemoteLog:
+    """A RemoteLog over other regions' MemoryLogs, by mirrored topic name: the mirror
+    copies records as they are (source stamps kept). `cut = True` stops the copying."""
+
+    def __init__(self, mirrored: dict[str, MemoryLog] | None = None) -> None:
+        self.mirrored = dict(mirrored or {})
+        self.cut = False
+        self._positions: dict[Position, int] = {}
+
+    @property
+    def topics(self) -> frozenset[str]:
+        return frozenset(topic for topic, _ in self._positions)
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
+    async def discover(self) -> list[str]:
+        new = sorted(set(self.mirrored) - self.topics)
+        for topic in new:
+            for p in range(len(self.mirrored[topic].partitions)):
+                self._positions[(topic, p)] = 0
+        return new
+
+    async def end_offsets(self, topics: Collection[str]) -> dict[Position, int]:
+        return {
+            (t, p): len(self.mirrored[t].partitions[p]) for t, p in self._positions if t in topics
+        }
+
+    async def positions(self, topics: Collection[str]) -> dict[Position, int]:
+        return {tp: offset for tp, offset in self._positions.items() if tp[0] in topics}
+
+    async def fetch(self, timeout_s: float, max_records: int) -> list[RemoteRecord]:
+        out: list[RemoteRecord] = []
+        if not self.cut:
+            for (topic, p), start in list(self._positions.items()):
+                chunk = self.mirrored[topic].partitions[p][start : start + max_records - len(out)]
+                out.extend(RemoteRecord(topic, record) for record in chunk)
+                self._positions[(topic, p)] = start + len(chunk)
         if not out:
             await asyncio.sleep(min(timeout_s, 0.005))  # an idle poll waits, as Kafka's does
         return out

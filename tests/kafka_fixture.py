@@ -13,7 +13,7 @@ import pytest
 
 from service.errors import BrokerError
 from service.local.broker import LocalBroker
-from service.local.jars import default_cache_root, kafka_version, repo_root
+from service.local.jars import MIRROR_SUFFIX, default_cache_root, kafka_version, repo_root
 from service.local.process import free_port
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
@@ -26,6 +26,12 @@ def shared_jars_dir() -> Path:
     if os.environ.get("RATELIMITER_KAFKA_HOME"):
         return default_cache_root() / kafka_version()
     return REPO_ROOT / ".kafka" / "libs" / kafka_version()
+
+
+def shared_mirror_jars_dir() -> Path:
+    """MirrorMaker's jar cache every test mirror reuses, beside the broker's."""
+    broker = shared_jars_dir()
+    return broker.with_name(broker.name + MIRROR_SUFFIX)
 
 
 def docker_answers() -> bool:

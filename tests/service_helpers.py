@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from service.bootstrap import build_node
 from service.http.fastpath import FastPath
 from service.node import Node
+from service.replication.remotelog import RemoteLog
 from service.settings import Settings, load_settings
 from service.testing import MemoryLog, MemoryStateLog
 
@@ -61,8 +62,15 @@ def unique_topic(label: str) -> str:
     return f"test.{label}.{uuid.uuid4().hex[:12]}"
 
 
-def memory_node(log: MemoryLog, clock: Callable[[], float], node_id: str, **overrides: Any) -> Node:
-    """A replicating node on the in-memory log (no rules topic unless `rules_topic` is given)."""
+def memory_node(
+    log: MemoryLog,
+    clock: Callable[[], float],
+    node_id: str,
+    **overrides: Any,
+) -> Node:
+    """A replicating node on the in-memory log (no rules topic unless `rules_topic` is given;
+    other regions' topics on `remote_log` (a RemoteLog) with `region`)."""
+    remote_log: RemoteLog | None = overrides.pop("remote_log", None)
     values: dict[str, Any] = {
         "kafka": "127.0.0.1:1",
         "rules_topic": "none",
@@ -71,7 +79,9 @@ def memory_node(log: MemoryLog, clock: Callable[[], float], node_id: str, **over
         "flush_ms": 5,
         **overrides,
     }
-    return build_node(load_settings(**values), clock=clock, state_log=MemoryStateLog(log))
+    return build_node(
+        load_settings(**values), clock=clock, state_log=MemoryStateLog(log), remote_log=remote_log
+    )
 
 
 def served(app: FastAPI) -> FastPath:

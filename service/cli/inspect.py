@@ -121,6 +121,32 @@ def render(report: dict[str, Any], console: Console) -> None:
     if user is not None:
         _render_user(user, console)
     console.print(_records_table("newest records", report["newest_records"]))
+    if report["mirrored"]:
+        console.print(_mirrored_table(report["mirrored"]))
+
+
+def _mirrored_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        title="mirrored from other regions (MirrorMaker 2)",
+        title_justify="left",
+        caption="lag = now - the source broker's stamp of the newest record; an idle region's "
+        "nodes still write heartbeats (--region-heartbeat-s)",
+        caption_justify="left",
+    )
+    for column in ("topic", "region", "partitions", "offsets", "newest (UTC)", "lag s", "stamps"):
+        table.add_column(column, justify="right" if column in ("offsets", "lag s") else "left")
+    for r in rows:
+        restamped = r["timestamp_type"] == "LogAppendTime"
+        table.add_row(
+            r["topic"],
+            r["region"],
+            str(r["partitions"]),
+            str(r["offsets"]),
+            "-" if r["newest_ms"] is None else _when(r["newest_ms"]),
+            "-" if r["lag_s"] is None else f"{r['lag_s']:.3f}",
+            "[yellow]restamped on arrival" if restamped else "source",
+        )
+    return table
 
 
 def _render_user(user: dict[str, Any], console: Console) -> None:

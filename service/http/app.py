@@ -262,12 +262,30 @@ def create_app(
             "standalone": node.settings.standalone,
             "mode": node.mode,
         }
+        if node.settings.region is not None:
+            body["region"] = node.settings.region
+            body["regions"] = {view["region"]: view["state"] for view in node.regions_view()}
         reason = node.fatal or node.failing
         if not ready and not reason:
             reason = node.phase  # still starting: what it is waiting for
         if reason:
             body["error"] = reason
         return _json(body, 200 if ready else 503)
+
+    @app.get("/v1/regions")
+    async def regions() -> Response:
+        """This node's region and each remote one it merges: its mirrored topics, lag
+        (seconds since its newest record merged here was written), and whether it is
+        fresh (lag within --region-stale-s), stale or still being read."""
+        return _json(
+            {
+                "region": node.settings.region,
+                "fail_mode": node.settings.region_fail_mode,
+                "stale_after_s": node.settings.region_stale_s,
+                "mode": node.mode,
+                "regions": node.regions_view(),
+            }
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -1,1 +1,2 @@
-"""Local processes for development and tests: a KRaft broker from Maven Central jars, and nodes."""
+"""Local processes for development and tests: KRaft brokers and MirrorMaker 2 from Maven
+Central jars, and nodes."""

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import os
 import re
-import signal
 import subprocess
 import time
 import uuid
@@ -21,11 +19,11 @@ from aiokafka.errors import KafkaError
 
 from service.errors import BrokerError
 from service.local import jars, process
+from service.local.daemon import JavaDaemon
 from service.local.jars import Progress
 from service.local.process import LOOPBACK
 
 DEFAULT_PORT = 9092
-LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 POLL_S = 0.2  # readiness and shutdown polling period
 
 T = TypeVar("T")
@@ -46,12 +44,14 @@ class BrokerStatus:
     data_dir: Path
 
 
-class LocalBroker:
+class LocalBroker(JavaDaemon):
     """One single-node KRaft broker (combined broker + controller) owning one data dir.
 
     The broker runs detached (own session, output to `broker.out` in the data dir), so
     it outlives the process that started it; `down()` works from any process.
     """
+
+    what = "the broker"
 
     def __init__(
         self,
@@ -66,21 +66,21 @@ class LocalBroker:
         progress: Progress | None = None,
         extra_listeners: dict[str, tuple[int, int]] | None = None,
     ) -> None:
+        super().__init__(
+            data_dir or default_data_dir(),
+            jars_dir or jars.default_jars_dir(),
+            "broker",
+            heap=heap,
+            stop_timeout=stop_timeout,
+            progress=progress,
+        )
         self.port = port
         # name -> (port the broker listens on, port it advertises): lets a TCP proxy sit
         # between some clients and the broker (metadata then points at the proxy too).
         self.extra_listeners = dict(extra_listeners or {})
-        self.data_dir = (data_dir or default_data_dir()).resolve()
-        self.jars_dir = (jars_dir or jars.default_jars_dir()).resolve()
         self.controller_port = controller_port
-        self.heap = heap
         self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._progress = progress
-        self.pid_file = self.data_dir / "broker.pid"
         self.properties = self.data_dir / "server.properties"
-        self.output_log = self.data_dir / "broker.out"
-        self.server_log = self.data_dir / "logs" / "server.log"
         self._log_dir = self.data_dir / "kraft"
 
     @property
@@ -91,6 +91,9 @@ class LocalBroker:
     def fetch_jars(self) -> Path:
         """Fetch the broker's jars with Maven unless the cache is already complete."""
         return jars.fetch_jars(self.jars_dir, progress=self._progress)
+
+    def running_pid(self) -> int | None:
+        return self.status().pid
 
     def status(self) -> BrokerStatus:
         """Whether this data dir's broker process runs (by its pid file), with its address."""
@@ -112,7 +115,7 @@ class LocalBroker:
                         "its port"
                     )
                 # It may still be starting (an `up` killed before it answered): wait for it.
-                _run_sync(lambda: self._wait_answering(current.pid))
+                run_sync(lambda: self._wait_answering(current.pid))
                 return self.address
             self.pid_file.unlink(missing_ok=True)
             process.require_port_free(self.port)
@@ -122,30 +125,12 @@ class LocalBroker:
             self._format_storage(java)
             pid = self._spawn(java)
             try:
-                _run_sync(lambda: self._wait_answering(pid))
+                run_sync(lambda: self._wait_answering(pid))
             except BaseException:
-                self._terminate(pid, grace=5.0)
+                process.terminate_group(pid, 5.0, self.what)
                 self.pid_file.unlink(missing_ok=True)
                 raise
             return self.address
-
-    def down(self) -> int | None:
-        """Stop the broker (SIGTERM, SIGKILL after `stop_timeout`); return its pid if it ran."""
-        if not self.data_dir.is_dir():
-            return None
-        with jars.file_lock(self.data_dir / ".lock"):
-            current = self.status()
-            if current.pid is None:
-                self.pid_file.unlink(missing_ok=True)
-                return None
-            self._say(f"stopping the broker (pid {current.pid}) ...")
-            self._terminate(current.pid, grace=self.stop_timeout)
-            self.pid_file.unlink(missing_ok=True)
-            return current.pid
-
-    def _say(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress(message)
 
     def _running_port(self) -> int:
         """The client port written in server.properties when the running broker started."""
@@ -193,28 +178,13 @@ class LocalBroker:
         header = "# Written by `ratelimiter kafka up` on every start.\n"
         self.properties.write_text(header + body)
 
-    def _java_args(self, java: str) -> list[str]:
-        return [
-            java,
-            f"-Xmx{self.heap}",
-            "-Xms128m",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-            f"-Dkafka.logs.dir={self.server_log.parent}",
-            "-cp",
-            str(self.jars_dir / "*"),
-        ]
-
     def _format_storage(self, java: str) -> None:
         """Format the KRaft log dir once; a formatted dir keeps its cluster id and topics."""
         if (self._log_dir / "meta.properties").is_file():
             return
         self._say(f"formatting KRaft storage in {self._log_dir} ...")
         command = [
-            *self._java_args(java),
+            *self.java_args(java),
             "kafka.tools.StorageTool",
             "format",
             "-t",
@@ -234,24 +204,8 @@ class LocalBroker:
         """Start the broker in its own session, output to broker.out; write the pid file."""
         self._say(f"starting Kafka {jars.kafka_version()} on {self.address} ...")
         self.server_log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [*self._java_args(java), "kafka.Kafka", str(self.properties)]
-        out = os.open(self.output_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            pid = os.posix_spawn(
-                java,
-                argv,
-                dict(os.environ),
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, out, 1),
-                    (os.POSIX_SPAWN_DUP2, out, 2),
-                ],
-                setsid=True,
-            )
-        except OSError as exc:
-            raise BrokerError(f"could not start {java}: {exc}") from exc
-        finally:
-            os.close(out)
+        argv = [*self.java_args(java), "kafka.Kafka", str(self.properties)]
+        pid = process.spawn_detached(argv, self.output_log)
         self.pid_file.write_text(f"{pid}\n")
         return pid
 
@@ -261,7 +215,7 @@ class LocalBroker:
         while True:
             if pid is not None and not process.pid_alive(pid):
                 raise BrokerError(
-                    f"the broker exited during startup; its log ends:\n{self._log_tail()}"
+                    f"the broker exited during startup; its log ends:\n{self.log_tail()}"
                 )
             remaining = deadline - time.monotonic()
             if process.tcp_open(LOOPBACK, self.port) and await broker_answers(
@@ -271,29 +225,9 @@ class LocalBroker:
             if time.monotonic() >= deadline:
                 raise BrokerError(
                     f"the broker did not answer on {self.address} within {self.start_timeout:g}s; "
-                    f"its log ends:\n{self._log_tail()}"
+                    f"its log ends:\n{self.log_tail()}"
                 )
             await asyncio.sleep(POLL_S)
-
-    def _terminate(self, pid: int, grace: float) -> None:
-        """SIGTERM the broker's process group, SIGKILL after `grace` seconds; wait for exit."""
-        for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                return
-            except PermissionError as exc:
-                raise BrokerError(f"not allowed to signal the broker (pid {pid}): {exc}") from exc
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                if not process.pid_alive(pid):
-                    return
-                time.sleep(POLL_S)
-        raise BrokerError(f"the broker (pid {pid}) survived SIGKILL")
-
-    def _log_tail(self) -> str:
-        lines = process.tail(self.server_log) + process.tail(self.output_log)
-        return "\n".join(lines[-20:]) or f"(nothing logged in {self.server_log})"
 
 
 async def broker_answers(address: str, wait_s: float = 5.0) -> bool:
@@ -319,7 +253,7 @@ def _new_cluster_id() -> str:
             return text
 
 
-def _run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to completion from sync code, even when this thread runs a loop."""
     try:
         asyncio.get_running_loop()

@@ -1,4 +1,5 @@
-"""The broker's jar cache: fetched once from Maven Central with Maven, verified by a marker file."""
+"""Jar caches (the broker's, MirrorMaker's): fetched once from Maven Central with Maven,
+verified by a marker file. One pom per jar set; both pin the same Kafka version."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from service.errors import BrokerError
 
 POM = Path(__file__).with_name("pom.xml")
+MIRROR_POM = Path(__file__).with_name("pom-mirror.xml")  # MirrorMaker 2 (connect-mirror)
+MIRROR_SUFFIX = "-mirror"  # its cache folder: <version>-mirror beside the broker's
 MARKER = "jars.txt"
 HOME_ENV = "RATELIMITER_KAFKA_HOME"
 MAVEN_TIMEOUT_S = 900.0
@@ -50,6 +53,11 @@ def default_cache_root() -> Path:
 def default_jars_dir() -> Path:
     """Where this Kafka version's jars are cached: one folder per version."""
     return default_cache_root() / kafka_version()
+
+
+def default_mirror_jars_dir() -> Path:
+    """Where MirrorMaker 2's jars (at the broker's Kafka version) are cached."""
+    return default_cache_root() / f"{kafka_version()}{MIRROR_SUFFIX}"
 
 
 def pom_digest(pom: Path = POM) -> str:
@@ -101,8 +109,11 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def fetch_jars(jars_dir: Path, *, pom: Path = POM, progress: Progress | None = None) -> Path:
-    """Ensure `jars_dir` holds the complete jar set, running Maven only when it does not."""
+def fetch_jars(
+    jars_dir: Path, *, pom: Path = POM, progress: Progress | None = None, what: str = "Kafka"
+) -> Path:
+    """Ensure `jars_dir` holds the complete jar set of `pom`, running Maven only when it
+    does not; `what` names the set in messages ("Kafka", "MirrorMaker")."""
     if not jar_problems(jars_dir, pom):
         return jars_dir
     # Several processes (a test session and a CLI) may race for the first fetch.
@@ -113,16 +124,16 @@ def fetch_jars(jars_dir: Path, *, pom: Path = POM, progress: Progress | None = N
         mvn = shutil.which("mvn")
         if mvn is None:
             raise BrokerError(
-                f"the Kafka jars in {jars_dir} are not usable ({problems[0]}) and Maven (mvn) "
+                f"the {what} jars in {jars_dir} are not usable ({problems[0]}) and Maven (mvn) "
                 f"is not on PATH to fetch them; install Maven 3.x, or point {HOME_ENV} at a "
                 "folder that already holds them"
             )
         if progress is not None:
-            progress(f"fetching Kafka {kafka_version(pom)} jars into {jars_dir} (once) ...")
+            progress(f"fetching {what} {kafka_version(pom)} jars into {jars_dir} (once) ...")
         staging = jars_dir.with_name(f"{jars_dir.name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            _copy_dependencies(mvn, pom, staging)
+            _copy_dependencies(mvn, pom, staging, what)
             write_marker(staging, pom)
             shutil.rmtree(jars_dir, ignore_errors=True)
             staging.rename(jars_dir)
@@ -130,11 +141,11 @@ def fetch_jars(jars_dir: Path, *, pom: Path = POM, progress: Progress | None = N
             shutil.rmtree(staging, ignore_errors=True)
     problems = jar_problems(jars_dir, pom)
     if problems:
-        raise BrokerError(f"the Kafka jars in {jars_dir} are incomplete: {'; '.join(problems)}")
+        raise BrokerError(f"the {what} jars in {jars_dir} are incomplete: {'; '.join(problems)}")
     return jars_dir
 
 
-def _copy_dependencies(mvn: str, pom: Path, output: Path) -> None:
+def _copy_dependencies(mvn: str, pom: Path, output: Path, what: str) -> None:
     """Run maven-dependency-plugin's copy-dependencies for `pom` into `output`."""
     command = [
         mvn,
@@ -156,7 +167,9 @@ def _copy_dependencies(mvn: str, pom: Path, output: Path) -> None:
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as exc:
-        raise BrokerError(f"Maven did not fetch the Kafka jars within {exc.timeout}s") from exc
+        raise BrokerError(f"Maven did not fetch the {what} jars within {exc.timeout}s") from exc
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
-        raise BrokerError(f"Maven failed to fetch the Kafka jars (exit {done.returncode}):\n{tail}")
+        raise BrokerError(
+            f"Maven failed to fetch the {what} jars (exit {done.returncode}):\n{tail}"
+        )

@@ -1,4 +1,5 @@
-"""Operating-system checks for the local broker: Java, ports, pids and log tails."""
+"""Operating-system work for the local broker and mirror: Java, ports, detached processes,
+pids and log tails."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import errno
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from service.errors import BrokerError
 
 MIN_JAVA = 17
 LOOPBACK = "127.0.0.1"
+POLL_S = 0.2  # how often a stopping process is looked at
 
 
 def find_java() -> str:
@@ -168,3 +172,42 @@ def tail(path: Path, lines: int = 20) -> list[str]:
     except OSError:
         return []
     return text.splitlines()[-lines:]
+
+
+def spawn_detached(argv: Sequence[str], output: Path) -> int:
+    """Start `argv` in its own session (it outlives us), stdout and stderr to `output`."""
+    out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        return os.posix_spawn(
+            argv[0],
+            list(argv),
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, out, 2),
+            ],
+            setsid=True,
+        )
+    except OSError as exc:
+        raise BrokerError(f"could not start {argv[0]}: {exc}") from exc
+    finally:
+        os.close(out)
+
+
+def terminate_group(pid: int, grace: float, what: str) -> None:
+    """SIGTERM the process group of `pid` (`what`, for messages), SIGKILL after `grace`
+    seconds; return once it exited."""
+    for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError as exc:
+            raise BrokerError(f"not allowed to signal {what} (pid {pid}): {exc}") from exc
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(POLL_S)
+    raise BrokerError(f"{what} (pid {pid}) survived SIGKILL")

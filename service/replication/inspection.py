@@ -20,6 +20,7 @@ from service.clock import system_clock, to_unix_ms
 from service.errors import BrokerError, PoisonRecord
 from service.kafka.logdirs import partition_sizes
 from service.kafka.topics import admin_client, describe_topic
+from service.regions import TopicSelector, region_of
 from service.replication import codec
 from service.replication.codec import partition_for_user
 from service.replication.statelog import LogRecord
@@ -49,7 +50,9 @@ def describe_record(record: LogRecord) -> dict[str, Any]:
     except PoisonRecord as exc:
         return {**row, "kind": f"poison ({exc.kind})", "replica": None, "users": 0}
     if not decoded.items:
-        return {**row, "kind": "tombstone", "replica": None, "users": 0}
+        # A value that holds nothing is a writer's clock probe or region heartbeat.
+        kind = "tombstone" if record.value is None else "empty"
+        return {**row, "kind": kind, "replica": None, "users": 0}
     kind = "batch" if (record.key or b"").startswith(codec.SEP.encode()) else "key"
     return {
         **row,
@@ -235,8 +238,43 @@ async def inspect_topic(
                 **user_state(user, records, rate, burst, system_clock()),
                 "newest_records": _newest(mine, newest),
             }
+    result["mirrored"] = await mirrored_topics(bootstrap, topic, options)
     result["now_ms"] = to_unix_ms(system_clock())
     return result
+
+
+async def mirrored_topics(
+    bootstrap: str, topic: str, options: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Other regions' copies of `topic` on this cluster (`<region>.<topic>`, as MirrorMaker 2
+    names them): partitions, offsets, and the lag of the newest record (its source stamp
+    to now; a topic that stamps records itself shows the mirror's write instead)."""
+    options = dict(options or {})
+    selector = TopicSelector.parse(None, topic, "")
+    async with admin_client(bootstrap, options) as admin:
+        names = sorted(t for t in await admin.list_topics() if selector.matches(t))
+    out: list[dict[str, Any]] = []
+    for name in names:
+        description = await describe_topic(bootstrap, name, options)
+        if description is None:
+            continue
+        async with TopicReader(bootstrap, name, options) as reader:
+            offsets = await reader.offsets(description.partitions)
+            last = await reader.read({p: (max(b, e - 1), e) for p, (b, e) in offsets.items()})
+        newest = max((r.timestamp_ms for r in last), default=None)
+        now_ms = to_unix_ms(system_clock())
+        out.append(
+            {
+                "topic": name,
+                "region": region_of(name),
+                "partitions": description.partitions,
+                "offsets": sum(e - b for b, e in offsets.values()),
+                "newest_ms": newest,
+                "lag_s": None if newest is None else max(0, now_ms - newest) / 1000,
+                "timestamp_type": description.config.get("message.timestamp.type"),
+            }
+        )
+    return out
 
 
 def _names(record: LogRecord, user: str) -> bool:

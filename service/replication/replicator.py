@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,7 +17,10 @@ from service.clock import Clock, DisciplinedClock, Stamp, from_unix_ms, to_unix_
 from service.engine import Engine
 from service.errors import PoisonRecord, RateLimiterError
 from service.metrics import Metrics
+from service.regions import RegionTracker
 from service.replication import codec, snapshot
+from service.replication.regional import RegionFeed
+from service.replication.remotelog import RemoteLog
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed, StateLog
 
 log = logging.getLogger("ratelimiter.sync")
@@ -68,6 +72,9 @@ class Replicator:
         expire_after_s: float = PEER_FORGET_S,
         snapshot_file: Path | None = None,
         topic: str = "",
+        remote: RemoteLog | None = None,
+        regions: RegionTracker | None = None,
+        heartbeat_s: float | None = None,
     ) -> None:
         self.engine = engine
         # Told of every publish's round trip when the log stamps records (its clock).
@@ -127,6 +134,21 @@ class Replicator:
         self._wanted: frozenset[int] | None = None
         self._catching_up: dict[int, int] = {}
         self.ready_listeners: list[Callable[[], None]] = []  # told when ready_partitions change
+        # Regions (--region): other regions' mirrored topics, merged like local peers'
+        # records (`region_feed.follow`); `regions` follows their lag. With `heartbeat_s`,
+        # a flush with nothing to say publishes an empty record once that long passed
+        # since the last publish.
+        self.remote = remote
+        self.regions = regions if regions is not None else RegionTracker(math.inf)
+        self.region_feed = (
+            None
+            if remote is None
+            else RegionFeed(
+                remote, self.regions, engine, metrics, clock, partial(self._merge, remote=True)
+            )
+        )
+        self.heartbeat_s = heartbeat_s
+        self._last_publish = clock()  # cluster time of the last acknowledged publish
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -149,6 +171,8 @@ class Replicator:
                     records = await self.log.fetch(0.2, FETCH_MAX_RECORDS)
                     count += len(records)
                     await self._merge(records)
+                if self.region_feed is not None:
+                    count += await self.region_feed.bootstrap()
         finally:
             self.engine.set_bootstrapping(False, self.clock())
         self._note_silent_writers()
@@ -271,9 +295,7 @@ class Replicator:
         if self.discipline is None or not self.log.stamps:
             return
         for attempt in range(PROBE_ATTEMPTS):
-            now_ms = to_unix_ms(self.clock())
-            value = codec.encode_batch(self.engine.replica, [], now_ms, now_ms)
-            record = OutRecord(codec.batch_record_key(self.engine.replica, 0), value, 0)
+            record = self._empty_record(to_unix_ms(self.clock()))
             try:
                 await self._publish([record])
                 return
@@ -281,10 +303,18 @@ class Replicator:
                 log.warning("could not measure the clock against the broker yet: %s", exc)
                 await asyncio.sleep(0.5 * (attempt + 1))
 
+    def _empty_record(self, now_ms: int) -> OutRecord:
+        """A batch record holding nothing (peers read it as nothing): a clock probe, and
+        with regions a heartbeat. Under our partition 0 batch key, superseding our last
+        batch there as any later batch would (key records cover batches first)."""
+        value = codec.encode_batch(self.engine.replica, [], now_ms, now_ms)
+        return OutRecord(codec.batch_record_key(self.engine.replica, 0), value, 0)
+
     async def _publish(self, records: list[OutRecord]) -> None:
         """Publish, and tell the clock discipline the round trip when the broker stamped it."""
         sent = self.clock()
         stamped = await self.log.publish(records)
+        self._last_publish = self.clock()
         if stamped is not None and self.discipline is not None:
             self.discipline.observe(Stamp(sent, from_unix_ms(stamped), self.clock()))
 
@@ -483,13 +513,17 @@ class Replicator:
             self._expire_slice()
         tombstones = [OutRecord(k, None, p) for k, p in self._tombstones.items()]
         batches = list(self._outbox)
+        heartbeat: list[OutRecord] = []
         if not batches and not key_records and not tombstones:
-            self._snapshot_written(0, final)
-            self._last_flush_ms = now_ms
-            return
+            if self.heartbeat_s is None or now - self._last_publish < self.heartbeat_s:
+                self._snapshot_written(0, final)
+                self._last_flush_ms = now_ms
+                return
+            # Nothing to say, but other regions judge this one alive by its records.
+            heartbeat = [self._empty_record(now_ms)]
         sent = dict(self._pending)
         try:
-            await self._publish(batches + key_records + tombstones)
+            await self._publish(batches + key_records + tombstones + heartbeat)
         except PublishFailed as exc:
             if self.broker_ok:
                 log.warning("publish failed, buffering %d keys: %s", len(self._pending), exc)
@@ -525,6 +559,7 @@ class Replicator:
         self.metrics.records_produced.labels("tombstone").inc(len(tombstones))
         self.metrics.records_produced.labels("batch").inc(len(batches))
         self.metrics.records_produced.labels("key").inc(len(key_records))
+        self.metrics.records_produced.labels("heartbeat").inc(len(heartbeat))
         self.metrics.buffered.set(len(self._pending))
 
     def _own_tombstones(self) -> None:
@@ -625,8 +660,12 @@ class Replicator:
             if self._catching_up:
                 await self._check_caught_up()
 
-    async def _merge(self, records: list[LogRecord]) -> None:
-        """Decode and merge peers' records, yielding to the event loop every slice."""
+    async def _merge(self, records: list[LogRecord], *, remote: bool = False) -> None:
+        """Decode and merge peers' records, yielding to the event loop every slice.
+
+        `remote`: records of another region's mirrored topic. They count like any peer's,
+        but their offsets are not ours, their writers are not ours to expire, and they do
+        not make local peers (share mode counts those)."""
         now = self.clock()
         now_ms = to_unix_ms(now)
         me = self.engine.replica
@@ -634,13 +673,14 @@ class Replicator:
         metrics.records_consumed.inc(len(records))
         merged_offsets = self.merged_offsets
         reached: dict[int, int] = {}
-        for record in records:
-            if record.offset >= reached.get(record.partition, -1):
-                reached[record.partition] = record.offset
+        if not remote:
+            for record in records:
+                if record.offset >= reached.get(record.partition, -1):
+                    reached[record.partition] = record.offset
         bootstrapping = self.engine.limiters_bootstrapping()
         if bootstrapping:
             records = _latest_key_records(records)
-            if self.log.stamps:  # record times are the broker's: silence is measurable
+            if self.log.stamps and not remote:  # the broker's times: silence is measurable
                 threshold_ms = now_ms - int(self.expire_after_s * 1000)
                 for record in records:
                     self._note_writer(record, threshold_ms)
@@ -680,7 +720,7 @@ class Replicator:
             if unknown:
                 metrics.poison_record("unknown_rule", f"{unknown} deltas name an unknown rule")
             applied += len(decoded.items)
-            if not bootstrapping:
+            if not bootstrapping and not remote:
                 if self._silent and replica in self._silent:
                     del self._silent[replica]  # it writes again: not expired after all
                 metrics.sync_lag.observe(max(0, now_ms - decoded.since_ms) / 1000)

@@ -12,6 +12,7 @@ from crdt.policy import BucketPolicy
 from crdt.store import BucketStore
 from service.cli import main
 from service.clock import system_clock, to_unix_ms
+from service.kafka.topics import ensure_topic
 from service.replication import codec
 from service.replication.codec import partition_for_user
 from service.replication.inspection import inspect_topic
@@ -121,3 +122,31 @@ def test_cli_prints_json_and_tables(
 
     assert main(["inspect", "--kafka", kafka_bootstrap, "--topic", "no.such.topic.x1"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+async def test_mirrored_copies_of_the_topic_are_shown_with_their_lag(
+    kafka_bootstrap: str, state_topic: tuple[str, int]
+) -> None:
+    topic, _ = state_topic
+    # What MirrorMaker 2 makes of region eu's topic here: `eu.<topic>`, CreateTime, the
+    # source's stamps kept (this record was written 3 s ago at its source).
+    mirrored = f"eu.{topic}"
+    await ensure_topic(kafka_bootstrap, mirrored, 2, {"cleanup.policy": "compact"})
+    written_ms = to_unix_ms(system_clock()) - 3000
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            mirrored, b"{}", key=b"k", partition=1, timestamp_ms=written_ms
+        )
+    finally:
+        await producer.stop()
+    report = await inspect_topic(kafka_bootstrap, topic)
+    [row] = report["mirrored"]
+    assert row["topic"] == mirrored
+    assert row["region"] == "eu"
+    assert row["partitions"] == 2
+    assert row["offsets"] == 1
+    assert row["newest_ms"] == written_ms
+    assert 3.0 <= row["lag_s"] < 60
+    assert row["timestamp_type"] == "CreateTime"

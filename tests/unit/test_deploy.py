@@ -22,6 +22,7 @@ import yaml
 
 from service.bootstrap import build_node
 from service.local.jars import repo_root
+from service.local.mirror import DEFAULT_TOPICS, mm2_properties
 from tests.service_helpers import clean_env, standalone_settings
 
 ROOT = repo_root(Path(__file__).parent)
@@ -49,7 +50,11 @@ def dockerfile_stages() -> dict[str, list[str]]:
 
 
 def test_compose_runs_kraft_kafka_three_scalable_nodes_and_the_tooling() -> None:
-    services = compose()["services"]
+    services = {
+        name: service
+        for name, service in compose()["services"].items()
+        if "profiles" not in service  # the default stack
+    }
 
     default = {name for name, service in services.items() if "profiles" not in service}
     assert default == {
@@ -72,6 +77,24 @@ def test_compose_runs_kraft_kafka_three_scalable_nodes_and_the_tooling() -> None
     for name, service in services.items():
         if "build" in service:
             assert service["build"]["target"] in stages, name
+
+
+def test_regions_profile_mirrors_two_kraft_clusters_with_a_node_region_each() -> None:
+    services = compose()["services"]
+    regional = {n for n, service in services.items() if "regions" in service.get("profiles", [])}
+    assert regional == {"kafka-b", "mirror", "node-a", "node-b"}
+    assert "controller" in services["kafka-b"]["environment"]["KAFKA_PROCESS_ROLES"]
+    assert services["node-a"]["environment"]["RATELIMITER_KAFKA"] == "kafka:9092"
+    assert services["node-a"]["environment"]["RATELIMITER_REGION"] == "a"
+    assert services["node-b"]["environment"]["RATELIMITER_KAFKA"] == "kafka-b:9092"
+    assert services["node-b"]["environment"]["RATELIMITER_REGION"] == "b"
+    assert "connect-mirror-maker.sh" in services["mirror"]["command"][0]
+    # The mounted configuration is what `ratelimiter kafka mirror up` would write.
+    text = (ROOT / "deploy" / "mm2.properties").read_text()
+    written = dict(
+        line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert written == mm2_properties({"a": "kafka:9092", "b": "kafka-b:9092"}, DEFAULT_TOPICS, 2)
 
 
 def test_every_mounted_file_exists_in_the_repository() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from service.errors import ConfigError
-from service.settings import load_settings
+from service.settings import load_settings, remote_topic_selector
 from tests.service_helpers import clean_env
 
 REPO = Path(__file__).resolve().parents[3]
@@ -152,3 +152,32 @@ def test_serve_cli_refuses_a_bad_rate_before_binding() -> None:
     assert "--rate" in result.stderr
     assert "RATELIMITER_RATE" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_no_region_by_default() -> None:
+    settings = load_settings(kafka="127.0.0.1:9092")
+    assert settings.region is None
+    assert settings.region_fail_mode == "local"
+
+
+def test_a_region_takes_every_mirrored_copy_by_default() -> None:
+    settings = load_settings(kafka="127.0.0.1:9092", region="eu", region_fail_mode="share")
+    assert remote_topic_selector(settings).matches("us.ratelimiter.state")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"remote_topics": "b.ratelimiter.state"}, "needs --region"),
+        ({"region": "a", "kafka": "none"}, "needs --kafka"),
+        ({"region": "a", "replicas": "2"}, "not supported with --replicas"),
+        ({"region": "a", "region_stale_s": 1, "region_heartbeat_s": 1}, "must exceed"),
+        ({"region": "a", "remote_topics": "a.ratelimiter.state"}, "own topic"),
+        ({"region": "a.b"}, "region"),
+        ({"region": "a", "region_fail_mode": "closed"}, "region_fail_mode"),
+    ],
+)
+def test_bad_region_settings_name_the_setting(overrides: dict[str, Any], problem: str) -> None:
+    values = {"kafka": "127.0.0.1:9092", **overrides}
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(**values)
