@@ -1,5 +1,6 @@
 """nginx's consistent hash (`hash KEY consistent`, ngx_http_upstream_hash_module): where a
-load balancer configured so sends a key, to compare with where the owners are."""
+load balancer configured so sends a key, and where it tries next when that server fails
+(the owners of a partition under `--placement ring`)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,27 @@ class Ring:
                 prev = point
         self.hashes: Sequence[int] = sorted(points)
         self.servers: Sequence[str] = [points[h] for h in self.hashes]
+        self.size = len(set(self.servers))
 
     def pick(self, key: str) -> str:
         """The server for `key`: the first point at or after crc32(key), wrapping."""
         if not self.hashes:
             raise ValueError("a ring of no servers")
-        i = bisect.bisect_left(self.hashes, zlib.crc32(key.encode()))
-        return self.servers[i % len(self.hashes)]
+        return self.walk(key, 1)[0]
+
+    def walk(self, key: str, count: int) -> list[str]:
+        """The first `count` distinct servers met clockwise from `key`'s point: the order
+        in which nginx tries them (a failed or tried server's points are passed over)."""
+        count = min(count, self.size)
+        start = bisect.bisect_left(self.hashes, zlib.crc32(key.encode()))
+        met: list[str] = []
+        i = start
+        while len(met) < count:
+            server = self.servers[i % len(self.hashes)]
+            if server not in met:
+                met.append(server)
+            i += 1
+        return met
 
 
 def _host_nul_port(server: str) -> bytes:

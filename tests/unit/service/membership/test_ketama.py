@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from collections import Counter
 
@@ -46,3 +47,18 @@ def test_keys_spread_over_servers_and_stay_put_when_another_leaves() -> None:
 def test_an_empty_ring_picks_nothing() -> None:
     with pytest.raises(ValueError, match="no servers"):
         Ring([]).pick("alice")
+
+
+def test_walk_meets_distinct_servers_clockwise_from_the_key() -> None:
+    ring = Ring(["a:80", "b:80", "c:80"])
+    for key in ("alice", "7", ""):
+        start = bisect.bisect_left(ring.hashes, zlib.crc32(key.encode()))
+        order = [ring.servers[(start + i) % len(ring.hashes)] for i in range(len(ring.hashes))]
+        distinct = list(dict.fromkeys(order))
+        assert ring.walk(key, 1) == [ring.pick(key)] == distinct[:1]
+        assert ring.walk(key, 2) == distinct[:2]
+        assert ring.walk(key, 5) == distinct  # no more servers than the ring has
+        # Without its first server, the ring's pick is the walk's second.
+        assert (
+            Ring(s for s in ("a:80", "b:80", "c:80") if s != distinct[0]).pick(key) == distinct[1]
+        )
