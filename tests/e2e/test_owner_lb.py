@@ -1,0 +1,118 @@
+"""A real nginx with deploy/nginx-replicated.conf (njs computes each user's Kafka partition,
+a consistent hash on it) in front of four real nodes with --replicas 2 on the real broker.
+With --placement ring the nodes own the partitions where nginx sends them: under 5% of
+requests are forwarded. With rendezvous placement the same nginx lands on an owner for
+about R/N of partitions: about (N-R)/N are forwarded."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.local.nodes import NodeProcess
+from service.local.process import LOOPBACK, free_port
+from service.membership.codec import Member
+from service.membership.ketama import Ring
+from service.membership.rendezvous import owners
+from service.placement import ring_owners
+from service.replication.codec import partition_for_user
+from tests.e2e.conftest import Spawn
+from tests.e2e.http import wait_until
+from tests.nginx import replicated_conf, running
+
+pytestmark = pytest.mark.e2e
+
+NODES, REPLICAS, PARTITIONS, USERS = 4, 2, 48, 400
+
+
+def forwarded(client: httpx.Client, nodes: list[NodeProcess]) -> dict[str, float]:
+    """ratelimiter_forwarded_total by outcome, summed over the nodes."""
+    sums: dict[str, float] = {}
+    for node in nodes:
+        text = client.get(f"{node.url}/metrics").text
+        pattern = r'^ratelimiter_forwarded_total\{outcome="(\w+)"\} ([0-9.e+]+)$'
+        for outcome, value in re.findall(pattern, text, re.M):
+            sums[outcome] = sums.get(outcome, 0.0) + float(value)
+    return sums
+
+
+def settled(client: httpx.Client, nodes: list[NodeProcess], held: list[list[str]]) -> bool:
+    """Every node sees every member and a user of each partition is answered by an owner."""
+    for node in nodes:
+        text = client.get(f"{node.url}/metrics").text
+        if not re.search(rf"^ratelimiter_members {NODES}(\.0)?$", text, re.M):
+            return False
+    for p, owning in enumerate(held):
+        user = next(u for i in range(10_000) if partition_for_user(u := f"p-{i}", PARTITIONS) == p)
+        for node in nodes:
+            response = client.get(f"{node.url}/v1/keys/{user}")
+            answered = response.headers.get("x-ratelimiter-answered-by", node.node_id)
+            if response.status_code != 200 or answered not in owning:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("placement", ["ring", "rendezvous"])
+def test_forwarded_share_behind_nginx_hashing_the_partition(
+    spawn: Spawn, kafka_bootstrap: str, topic: str, tmp_path: Path, placement: str
+) -> None:
+    args = (
+        "--topic", topic, "--members-topic", f"{topic}.members",
+        "--partitions", str(PARTITIONS), "--replicas", str(REPLICAS), "--placement", placement,
+        "--heartbeat-s", "0.5", "--member-expiry-s", "3", "--forward-timeout-ms", "200",
+    )  # fmt: skip
+    nodes = [spawn(f"n{i}", kafka_bootstrap, *args, wait=False) for i in range(1, NODES + 1)]
+    for node in nodes:
+        node.wait_ready(90)
+    servers = {node.node_id: f"{LOOPBACK}:{node.port}" for node in nodes}  # = --advertise
+    if placement == "ring":
+        live = {n: Member(n, "-", address, 0) for n, address in servers.items()}
+        held = ring_owners(PARTITIONS, live, REPLICAS)
+    else:
+        held = [owners(p, servers, REPLICAS) for p in range(PARTITIONS)]
+    # Where nginx sends each partition's users: its pick on the ring of the server lines.
+    ring = Ring(servers.values())
+    node_at = {address: n for n, address in servers.items()}
+    picked = [node_at[ring.pick(str(p))] for p in range(PARTITIONS)]
+    port = free_port()
+    (tmp_path / "nginx").mkdir()
+    conf = replicated_conf(list(servers.values()), port, PARTITIONS)
+    with (
+        httpx.Client(timeout=5) as client,
+        running(conf, tmp_path / "nginx", port, js=True),
+    ):
+        wait_until(lambda: settled(client, nodes, held), 60, "the members agree")
+        before = forwarded(client, nodes)
+        users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(USERS)]
+        answered_by = 0
+        for user in users:
+            response = client.post(
+                f"http://{LOOPBACK}:{port}/protected", headers={"X-User-ID": user}
+            )
+            assert response.status_code == 200, response.text
+            answered_by += "x-ratelimiter-answered-by" in response.headers
+        after = forwarded(client, nodes)
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    share = delta["forwarded"] / USERS
+    # What the placement predicts: a user is forwarded when nginx's pick is no owner.
+    predicted = sum(
+        picked[p] not in held[p] for p in (partition_for_user(u, PARTITIONS) for u in users)
+    )
+    print(
+        f"placement={placement}: forwarded {delta['forwarded']:.0f}/{USERS} = {share:.3f} "
+        f"(predicted {predicted / USERS:.3f}; (N-R)/N = {(NODES - REPLICAS) / NODES:.2f})"
+    )
+    assert delta["unreachable"] == delta["no_owner"] == 0
+    assert answered_by == delta["forwarded"]  # every forward says who answered
+    if placement == "ring":
+        assert predicted == 0
+        assert share < 0.05
+    else:
+        # The ring and rendezvous hashing choose independently: nginx's pick owns about
+        # R/N of partitions, and every request of the others is forwarded.
+        assert share > 0.15
+        assert abs(delta["forwarded"] - predicted) <= 0.05 * USERS
