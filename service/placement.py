@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Literal
 
 from service.membership.codec import Member
-from service.membership.ketama import Ring
+from service.membership.ketama import ring_owners
 from service.membership.members import Membership
 from service.membership.rendezvous import owners
 from service.replication.replicator import Replicator
@@ -19,22 +19,6 @@ from service.replication.replicator import Replicator
 log = logging.getLogger("ratelimiter.placement")
 
 PlacementMode = Literal["rendezvous", "ring"]
-
-
-def ring_owners(partitions: int, live: Mapping[str, Member], replicas: int) -> list[list[str]]:
-    """The owners of every partition as nginx with `hash $rl_partition consistent` over
-    one `server ADDRESS;` line per member sends and retries them (deploy/partition.js sets
-    $rl_partition to the user's partition number): partition p's owners are the first R
-    distinct members met clockwise on nginx's ring from the point of the string `p`.
-    A member's points depend on its address alone, so the ring over the live members is
-    nginx's ring with the failed servers' points passed over, as nginx passes them."""
-    by_address: dict[str, str] = {}
-    for node in sorted(live):  # two members on one address: the first id holds it
-        by_address.setdefault(live[node].address, node)
-    if not by_address:
-        return [[] for _ in range(partitions)]
-    ring = Ring(by_address)
-    return [[by_address[a] for a in ring.walk(str(p), replicas)] for p in range(partitions)]
 
 
 class Placement:
@@ -85,7 +69,8 @@ class Placement:
         if seen != self._seen or not self._owners:
             self._seen = seen
             if self.mode == "ring":
-                self._owners = ring_owners(self.partitions, self.live, self.replicas)
+                addresses = {node: m.address for node, m in self.live.items()}
+                self._owners = ring_owners(self.partitions, addresses, self.replicas)
             else:
                 ids = frozenset(self.live)
                 self._owners = [owners(p, ids, self.replicas) for p in range(self.partitions)]

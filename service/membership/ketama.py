@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import bisect
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 POINTS_PER_WEIGHT = 160
 
@@ -48,6 +48,23 @@ class Ring:
                 met.append(server)
             i += 1
         return met
+
+
+def ring_owners(partitions: int, addresses: Mapping[str, str], replicas: int) -> list[list[str]]:
+    """The owners of every partition (`--placement ring`), given each member's address: as
+    nginx with `hash $rl_partition consistent` over one `server ADDRESS;` line per member
+    sends and retries requests (deploy/partition.js sets $rl_partition to the user's
+    partition number), partition p's owners are the first `replicas` distinct members met
+    clockwise on nginx's ring from the point of the string `p`. A member's points depend
+    on its address alone, so the ring over the live members is nginx's ring with the
+    failed servers' points passed over, as nginx passes them."""
+    by_address: dict[str, str] = {}
+    for node in sorted(addresses):  # two members on one address: the first id holds it
+        by_address.setdefault(addresses[node], node)
+    if not by_address:
+        return [[] for _ in range(partitions)]
+    ring = Ring(by_address)
+    return [[by_address[a] for a in ring.walk(str(p), replicas)] for p in range(partitions)]
 
 
 def _host_nul_port(server: str) -> bytes:

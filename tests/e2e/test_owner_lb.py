@@ -15,10 +15,8 @@ import pytest
 
 from service.local.nodes import NodeProcess
 from service.local.process import LOOPBACK, free_port
-from service.membership.codec import Member
-from service.membership.ketama import Ring
+from service.membership.ketama import Ring, ring_owners
 from service.membership.rendezvous import owners
-from service.placement import ring_owners
 from service.replication.codec import partition_for_user
 from tests.e2e.conftest import Spawn
 from tests.e2e.http import wait_until
@@ -70,8 +68,7 @@ def test_forwarded_share_behind_nginx_hashing_the_partition(
         node.wait_ready(90)
     servers = {node.node_id: f"{LOOPBACK}:{node.port}" for node in nodes}  # = --advertise
     if placement == "ring":
-        live = {n: Member(n, "-", address, 0) for n, address in servers.items()}
-        held = ring_owners(PARTITIONS, live, REPLICAS)
+        held = ring_owners(PARTITIONS, servers, REPLICAS)
     else:
         held = [owners(p, servers, REPLICAS) for p in range(PARTITIONS)]
     # Where nginx sends each partition's users: its pick on the ring of the server lines.

@@ -8,11 +8,9 @@ from typing import Any
 
 from service.bootstrap import build_node
 from service.clock import ORIGIN
-from service.membership.codec import Member
 from service.membership.ketama import Ring
 from service.membership.rendezvous import owners
 from service.node import Node
-from service.placement import ring_owners
 from service.replication.codec import partition_for_user
 from service.settings import load_settings
 from service.testing import MemoryLog, MemoryMembers, MemoryMembersLog, MemoryStateLog
@@ -155,27 +153,6 @@ async def test_a_crashed_owners_partitions_move_within_the_expiry_and_keep_its_a
     finally:
         for node in nodes.values():
             await node.stop()
-
-
-def test_ring_owners_are_the_servers_nginx_picks_and_tries_next() -> None:
-    live = {n: Member(n, "r", f"{n}:8000", 0) for n in ("a", "b", "c", "d")}
-    ring = Ring(f"{n}:8000" for n in live)
-    got = ring_owners(48, live, 2)
-    assert got == [[s.split(":")[0] for s in ring.walk(str(p), 2)] for p in range(48)]
-    assert all(held[0] == ring.pick(str(p)).split(":")[0] for p, held in enumerate(got))
-    assert {n for held in got for n in held} == set(live)
-    # a leaves: nginx passes its points over, to the server it tries next (a's partitions'
-    # second owner, which holds their state); partitions a did not own stay where they are.
-    without_a = ring_owners(48, {n: m for n, m in live.items() if n != "a"}, 2)
-    for p, held in enumerate(got):
-        if held[0] == "a":
-            assert without_a[p][0] == held[1]
-        elif "a" not in held:
-            assert without_a[p] == held
-    # Two members on one address (a restart under a new id): the first id holds it.
-    twice = {**live, "a2": Member("a2", "r", "a:8000", 0)}
-    assert ring_owners(48, twice, 2) == got
-    assert ring_owners(3, {}, 2) == [[], [], []]
 
 
 async def test_ring_placement_reads_the_ring_owners_and_forwards_to_nginx_pick_first() -> None:
