@@ -38,12 +38,16 @@ def forwarded(client: httpx.Client, nodes: list[NodeProcess]) -> dict[str, float
     return sums
 
 
+def members_seen(client: httpx.Client, nodes: list[NodeProcess], count: int) -> bool:
+    """Every node of `nodes` sees `count` live members."""
+    pattern = rf"^ratelimiter_members {count}(\.0)?$"
+    return all(re.search(pattern, client.get(f"{n.url}/metrics").text, re.M) for n in nodes)
+
+
 def settled(client: httpx.Client, nodes: list[NodeProcess], held: list[list[str]]) -> bool:
     """Every node sees every member and a user of each partition is answered by an owner."""
-    for node in nodes:
-        text = client.get(f"{node.url}/metrics").text
-        if not re.search(rf"^ratelimiter_members {NODES}(\.0)?$", text, re.M):
-            return False
+    if not members_seen(client, nodes, NODES):
+        return False
     for p, owning in enumerate(held):
         user = next(u for i in range(10_000) if partition_for_user(u := f"p-{i}", PARTITIONS) == p)
         for node in nodes:
@@ -52,6 +56,21 @@ def settled(client: httpx.Client, nodes: list[NodeProcess], held: list[list[str]
             if response.status_code != 200 or answered not in owning:
                 return False
     return True
+
+
+def load(
+    client: httpx.Client, port: int, nodes: list[NodeProcess], users: list[str]
+) -> tuple[dict[str, float], int]:
+    """One POST /protected per user through nginx (each admitted); what the nodes counted
+    in ratelimiter_forwarded_total meanwhile, and the answers that named another node."""
+    before = forwarded(client, nodes)
+    answered_by = 0
+    for user in users:
+        response = client.post(f"http://{LOOPBACK}:{port}/protected", headers={"X-User-ID": user})
+        assert response.status_code == 200, response.text
+        answered_by += "x-ratelimiter-answered-by" in response.headers
+    after = forwarded(client, nodes)
+    return {k: after[k] - before.get(k, 0.0) for k in after}, answered_by
 
 
 @pytest.mark.parametrize("placement", ["ring", "rendezvous"])
@@ -83,17 +102,22 @@ def test_forwarded_share_behind_nginx_hashing_the_partition(
         running(conf, tmp_path / "nginx", port, js=True),
     ):
         wait_until(lambda: settled(client, nodes, held), 60, "the members agree")
-        before = forwarded(client, nodes)
         users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(USERS)]
-        answered_by = 0
-        for user in users:
-            response = client.post(
-                f"http://{LOOPBACK}:{port}/protected", headers={"X-User-ID": user}
-            )
-            assert response.status_code == 200, response.text
-            answered_by += "x-ratelimiter-answered-by" in response.headers
-        after = forwarded(client, nodes)
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+        delta, answered_by = load(client, port, nodes, users)
+        if placement == "ring":
+            # kill -9 a node: nginx passes on to the next server on its ring, the second
+            # owner of the partitions it picked the victim for, which answers them itself,
+            # before the victim expires and after (its partitions' new first owner).
+            victim, survivors = nodes[0], nodes[1:]
+            victim.kill()
+            wait_until(lambda: not victim.alive, 10, "the victim is gone")
+            for phase in ("before the victim expires", "after"):
+                if phase == "after":
+                    wait_until(lambda: members_seen(client, survivors, 3), 30, "it expires")
+                moved = [f"k-{uuid.uuid4().hex[:8]}" for _ in range(USERS)]
+                after_kill, _ = load(client, port, survivors, moved)
+                print(f"kill -9 of {victim.node_id}, {phase}: forwarded {after_kill}")
+                assert after_kill["forwarded"] < 0.05 * USERS
     share = delta["forwarded"] / USERS
     # What the placement predicts: a user is forwarded when nginx's pick is no owner.
     predicted = sum(
