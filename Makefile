@@ -9,15 +9,19 @@ PYTEST_ARGS ?=
 # Debian packages the tests need, installed with apt when missing (as root, else with sudo):
 # Java and Maven run the real Kafka broker, Chromium renders the dashboard in the browser
 # test, docker-compose validates the compose file, faketime (libfaketime) sets one node's clock
-# ahead in the chaos test, nginx checks the consistent-hash ring against the real one,
+# ahead in the chaos test, nginx checks the consistent-hash ring against the real one and,
+# with its njs module (a file, not a command), balances users onto their partition's owners,
 # python3-venv builds .venv. `make run`
 # needs none of them (without Java it starts a standalone node and says why).
 SYSTEM_PACKAGES := java:openjdk-17-jre-headless mvn:maven chromium:chromium curl:curl \
-	docker-compose:docker-compose faketime:faketime nginx:nginx
+	docker-compose:docker-compose faketime:faketime nginx:nginx \
+	/usr/lib/nginx/modules/ngx_http_js_module.so:libnginx-mod-http-js
 system:
 	@missing=""; \
 	for pair in $(SYSTEM_PACKAGES); do \
-		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+		need="$${pair%%:*}"; \
+		case "$$need" in /*) test -e "$$need" ;; *) command -v "$$need" >/dev/null 2>&1 ;; esac \
+			|| missing="$$missing $${pair#*:}"; \
 	done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \

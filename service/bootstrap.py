@@ -164,6 +164,7 @@ def build_node(
                 replicas=settings.replica_count,
                 partitions=partitions,
                 partition_of=replicator.partition_of,
+                mode=settings.placement,
             )
         if settings.rules_topic != "none":
             feed_log = rules_log if rules_log is not None else kafka_rules_log(settings)

@@ -1,18 +1,24 @@
 """Which partitions this node reads and answers for (--replicas N), and where a user's
-requests go when it does not: the top R live members of each partition by rendezvous hash."""
+requests go when it does not: the owners of each partition are R live members, by
+rendezvous hash (`--placement rendezvous`) or by nginx's consistent-hash ring over the
+members' addresses (`--placement ring`)."""
 
 from __future__ import annotations
 
 import logging
 import zlib
 from collections.abc import Callable
+from typing import Literal
 
 from service.membership.codec import Member
+from service.membership.ketama import ring_owners
 from service.membership.members import Membership
 from service.membership.rendezvous import owners
 from service.replication.replicator import Replicator
 
 log = logging.getLogger("ratelimiter.placement")
+
+PlacementMode = Literal["rendezvous", "ring"]
 
 
 class Placement:
@@ -31,15 +37,17 @@ class Placement:
         replicas: int,
         partitions: int,
         partition_of: Callable[[str], int],
+        mode: PlacementMode = "rendezvous",
     ) -> None:
         self.membership = membership
         self.replicator = replicator
         self.replicas = replicas
+        self.mode = mode
         self.partitions = partitions
         self.partition_of = partition_of
         self.me = membership.node
         self.live: dict[str, Member] = {}
-        self._ids: frozenset[str] = frozenset()
+        self._seen: frozenset[tuple[str, str]] = frozenset()
         self._owners: list[list[str]] = []
         self.ready: frozenset[int] = frozenset()
         self.active = False  # set once the initial partitions are assigned (Node._connect)
@@ -48,7 +56,7 @@ class Placement:
         self._update_live()
 
     def owners_of(self, partition: int) -> list[str]:
-        """The owners of `partition` among the live members, highest weight first."""
+        """The owners of `partition` among the live members, first choice first."""
         return self._owners[partition]
 
     def owned(self) -> frozenset[int]:
@@ -57,10 +65,15 @@ class Placement:
 
     def _update_live(self) -> None:
         self.live = self.membership.live()
-        ids = frozenset(self.live)
-        if ids != self._ids or not self._owners:
-            self._ids = ids
-            self._owners = [owners(p, ids, self.replicas) for p in range(self.partitions)]
+        seen = frozenset((node, m.address) for node, m in self.live.items())
+        if seen != self._seen or not self._owners:
+            self._seen = seen
+            if self.mode == "ring":
+                addresses = {node: m.address for node, m in self.live.items()}
+                self._owners = ring_owners(self.partitions, addresses, self.replicas)
+            else:
+                ids = frozenset(self.live)
+                self._owners = [owners(p, ids, self.replicas) for p in range(self.partitions)]
 
     def refresh(self) -> None:
         """Recompute ownership (on every change of the live members or what they answer
@@ -102,9 +115,10 @@ class Placement:
             for node in self._owners[partition]
             if node != self.me and partition in live[node].ready
         ]
-        if len(first) > 1:
+        if len(first) > 1 and self.mode == "rendezvous":
             # The same owner for the same user (while the owners stay): one decider per
             # user, so the R-bound is rarely approached; users spread over the owners.
+            # (With the ring, the first owner is where the balancer sends the user.)
             turn = zlib.crc32(user.encode()) % len(first)
             first = first[turn:] + first[:turn]
         # Then members still answering for it while its new owners read it.

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # members topic). With R, a node reads only the partitions it owns (top R live members
     # by rendezvous hash) and forwards other users' requests to an owner.
     replicas: str = Field("all", pattern=r"^(all|[1-9][0-9]{0,3})$")
+    # How the owners are chosen with --replicas N. `ring`: the first R members clockwise
+    # on nginx's consistent-hash ring over their --advertise addresses from the point of
+    # the partition number, so nginx with `hash $rl_partition consistent` over the same
+    # addresses (deploy/partition.js) sends each user to an owner (README "Scaling out").
+    placement: Literal["rendezvous", "ring"] = "rendezvous"
     members_topic: str = Field("ratelimiter.members", pattern=r"^[A-Za-z0-9._-]{1,249}$")
     heartbeat_s: float = Field(1.0, gt=0, le=60, allow_inf_nan=False)
     member_expiry_s: float = Field(5.0, gt=0, le=600, allow_inf_nan=False)

@@ -8,11 +8,17 @@ import itertools
 import orjson
 
 from crdt.simulator import TRAFFIC, Partition, SimConfig, SimResult, simulate
-from service.membership.ketama import Ring
+from service.membership.ketama import Ring, ring_owners
 from service.membership.rendezvous import owners
 from service.replication.codec import partition_for_user
 
-LB_POLICIES = ("round-robin", "consistent-hash", "consistent-hash-partition", "owner-aware")
+LB_POLICIES = (
+    "round-robin",
+    "consistent-hash",
+    "consistent-hash-partition",
+    "partition-ring",
+    "owner-aware",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,9 +92,12 @@ def forward_fraction(
     here as nginx does) over the nodes; a user always lands on the same node, which owns
     the user's partition for about R/N of users: the ring hashes the user, the owners
     are chosen per partition, and each partition's users are spread over the whole ring.
-    consistent-hash-partition: the same ring keyed on the user's partition number (a header
-    an edge or the client sets): every user of a partition lands on one node, an owner
+    consistent-hash-partition: the same ring keyed on the user's partition number (njs
+    computes it, deploy/partition.js): every user of a partition lands on one node, an owner
     for about R/N of the partitions (the ring and rendezvous hashing pick independently).
+    partition-ring: the same balancer with the nodes on `--placement ring`
+    (deploy/nginx-replicated.conf): partition p's owners are the first R members the
+    ring meets from p's point, so the node nginx picks is an owner.
     owner-aware: the balancer sends a user to an owner (it computes the same rendezvous
     hash, or follows X-RateLimiter-Answered-By), so nothing is forwarded.
     """
@@ -97,9 +106,12 @@ def forward_fraction(
         return (nodes - r) / nodes
     if lb == "owner-aware":
         return 0.0
-    members = [f"node-{i}" for i in range(nodes)]
-    ring = Ring(f"{m}:8000" for m in members)  # nginx `server node-i:8000;` lines
-    held = [owners(p, members, r) for p in range(partitions)]
+    addresses = {f"node-{i}": f"node-{i}:8000" for i in range(nodes)}  # `server` lines
+    ring = Ring(addresses.values())
+    if lb == "partition-ring":
+        held = ring_owners(partitions, addresses, r)
+    else:
+        held = [owners(p, addresses, r) for p in range(partitions)]
     forwarded = 0
     for i in range(users):
         user = f"user-{i}"

@@ -1,11 +1,9 @@
 """The ring of service.membership.ketama against a real nginx with `hash ... consistent`:
-nginx sends each user to the upstream server the ring picks (nginx from the distribution;
-skipped where it is not installed)."""
+nginx sends each user to the upstream server the ring picks, and to the next server the
+ring meets when that one is down (nginx from the distribution, `make system`)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,10 +14,7 @@ import pytest
 
 from service.local.process import LOOPBACK, free_port
 from service.membership.ketama import Ring
-from tests.e2e.http import wait_until
-
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+from tests.nginx import running
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -36,32 +31,28 @@ class _Echo(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def backends() -> Iterator[list[str]]:
+def echoes() -> Iterator[list[ThreadingHTTPServer]]:
     servers = [ThreadingHTTPServer((LOOPBACK, 0), _Echo) for _ in range(4)]
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for t in threads:
         t.start()
-    yield [f"{LOOPBACK}:{s.server_port}" for s in servers]
+    yield servers
     for s in servers:
         s.shutdown()
         s.server_close()
 
 
-def test_nginx_sends_each_user_where_the_ring_says(backends: list[str], tmp_path: Path) -> None:
-    assert NGINX is not None
-    port = free_port()
+def address(server: ThreadingHTTPServer) -> str:
+    return f"{LOOPBACK}:{server.server_port}"
+
+
+def hash_conf(backends: list[str], port: int) -> str:
     servers = "\n".join(f"        server {b};" for b in backends)
-    (tmp_path / "nginx.conf").write_text(
-        f"""
-daemon off;
+    return f"""
 worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log;
 events {{ worker_connections 64; }}
 http {{
     access_log off;
-    client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path};
-    fastcgi_temp_path {tmp_path}; uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
     upstream ratelimiter {{
         hash $http_x_user_id consistent;
 {servers}
@@ -72,29 +63,41 @@ http {{
     }}
 }}
 """
-    )
-    nginx = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with httpx.Client(base_url=f"http://{LOOPBACK}:{port}", timeout=5) as client:
 
-            def up() -> bool:
-                try:
-                    return client.get("/").status_code == 200
-                except httpx.HTTPError:
-                    return False
 
-            wait_until(up, 20, "nginx answers")
-            ring = Ring(backends)
-            users = [f"user-{i}" for i in range(300)]
-            landed = {
-                u: f"{LOOPBACK}:{client.get('/', headers={'X-User-ID': u}).text}" for u in users
-            }
-        assert {u: ring.pick(u) for u in users} == landed
-        assert len(set(landed.values())) == len(backends)
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
+def landings(port: int, users: list[str]) -> dict[str, str]:
+    with httpx.Client(base_url=f"http://{LOOPBACK}:{port}", timeout=5) as client:
+        return {u: f"{LOOPBACK}:{client.get('/', headers={'X-User-ID': u}).text}" for u in users}
+
+
+def test_nginx_sends_each_user_where_the_ring_says(
+    echoes: list[ThreadingHTTPServer], tmp_path: Path
+) -> None:
+    backends = [address(s) for s in echoes]
+    port = free_port()
+    users = [f"user-{i}" for i in range(300)]
+    with running(hash_conf(backends, port), tmp_path, port):
+        landed = landings(port, users)
+    ring = Ring(backends)
+    assert {u: ring.pick(u) for u in users} == landed
+    assert len(set(landed.values())) == len(backends)
+
+
+def test_nginx_tries_next_the_server_the_ring_meets_next(
+    echoes: list[ThreadingHTTPServer], tmp_path: Path
+) -> None:
+    backends = [address(s) for s in echoes]
+    down = echoes[0]
+    down.shutdown()
+    down.server_close()  # refuses connections: nginx passes on to the next server
+    port = free_port()
+    users = [f"user-{i}" for i in range(300)]
+    with running(hash_conf(backends, port), tmp_path, port):
+        landed = landings(port, users)
+    ring = Ring(backends)
+    moved = [u for u in users if ring.pick(u) == backends[0]]
+    assert moved
+    assert {u: ring.walk(u, 2)[1] for u in moved} == {u: landed[u] for u in moved}
+    assert {u: ring.pick(u) for u in users if u not in moved} == {
+        u: landed[u] for u in users if u not in moved
+    }

@@ -116,7 +116,7 @@ def test_nginx_round_robins_over_every_node_and_follows_scaling() -> None:
     assert "ip_hash" not in conf
 
 
-def test_replicated_profile_puts_nginx_consistent_hash_before_named_nodes() -> None:
+def test_replicated_profile_puts_nginx_hashing_the_partition_before_named_nodes() -> None:
     services = compose()["services"]
     profiled = {n: s for n, s in services.items() if "replicated" in s.get("profiles", [])}
     nodes = {n: s for n, s in profiled.items() if n.startswith("rnode-")}
@@ -124,11 +124,18 @@ def test_replicated_profile_puts_nginx_consistent_hash_before_named_nodes() -> N
 
     assert set(profiled) == {*nodes, "nginx-replicated"}
     assert len(nodes) == 4
-    assert re.search(r"hash\s+\$http_x_user_id\s+consistent;", conf)
+    # nginx computes the user's partition (njs) and hashes it onto the ring the nodes
+    # place partitions by; its partition count is the state topic's.
+    assert re.search(r"^load_module modules/ngx_http_js_module\.so;", conf, re.MULTILINE)
+    assert re.search(r"js_set\s+\$rl_partition\s+partition\.partition;", conf)
+    assert re.search(r"hash\s+\$rl_partition\s+consistent;", conf)
+    [partitions] = re.findall(r"js_var\s+\$rl_partitions\s+(\d+);", conf)
     servers = re.findall(r"^\s*server\s+(\S+);", conf, re.MULTILINE)
     for name, node in nodes.items():
         env = node["environment"]
         assert env["RATELIMITER_REPLICAS"] == "2"
+        assert env["RATELIMITER_PLACEMENT"] == "ring"
+        assert env["RATELIMITER_PARTITIONS"] == partitions
         assert env["RATELIMITER_NODE_ID"] == name
         # nginx hashes the server line; peers forward to the advertised address: the same.
         assert env["RATELIMITER_ADVERTISE"] == f"{name}:8000"
@@ -136,7 +143,12 @@ def test_replicated_profile_puts_nginx_consistent_hash_before_named_nodes() -> N
     assert len(servers) == len(nodes)
     assert not re.search(r"^\s*server\s.*\bresolve\b", conf, re.MULTILINE)  # one node a line
     nginx = profiled["nginx-replicated"]
-    assert nginx["volumes"] == ["./deploy/nginx-replicated.conf:/etc/nginx/nginx.conf:ro"]
+    assert nginx["volumes"] == [
+        "./deploy/nginx-replicated.conf:/etc/nginx/nginx.conf:ro",
+        "./deploy/partition.js:/etc/nginx/njs/partition.js:ro",
+    ]
+    assert re.search(r"js_path\s+/etc/nginx/njs;", conf)
+    assert nginx["image"].startswith("nginx:")  # the official image ships the njs module
     topics = {n["environment"]["RATELIMITER_TOPIC"] for n in nodes.values()}
     assert topics == {"ratelimiter.replicated.state"}
 

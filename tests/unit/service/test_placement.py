@@ -8,6 +8,7 @@ from typing import Any
 
 from service.bootstrap import build_node
 from service.clock import ORIGIN
+from service.membership.ketama import Ring
 from service.membership.rendezvous import owners
 from service.node import Node
 from service.replication.codec import partition_for_user
@@ -149,6 +150,50 @@ async def test_a_crashed_owners_partitions_move_within_the_expiry_and_keep_its_a
             for user in users:
                 view = node.engine.view(user, node.rules.default)
                 assert view.contributions.get(c.replica) == 4, (node.settings.node_id, user)
+    finally:
+        for node in nodes.values():
+            await node.stop()
+
+
+async def test_ring_placement_reads_the_ring_owners_and_forwards_to_nginx_pick_first() -> None:
+    log, members = MemoryLog(PARTITIONS), MemoryMembers()
+    ids = ("a", "b", "c", "d")
+    nodes = {
+        n: replica_node(log, members, n, replicas=2, placement="ring", advertise=f"{n}:8000")
+        for n in ids
+    }
+    ring = Ring(f"{n}:8000" for n in ids)
+    expected = {p: [s.split(":")[0] for s in ring.walk(str(p), 2)] for p in range(PARTITIONS)}
+    for node in nodes.values():
+        await node.start()
+    try:
+        for node in nodes.values():
+            await node.wait_ready(5)
+        await wait_for(
+            lambda: all(
+                held(node) == frozenset(p for p, o in expected.items() if n in o)
+                and node.placement is not None
+                and node.placement.ready == held(node)
+                for n, node in nodes.items()
+            ),
+            5,
+            "each node reads and answers for its partitions on the ring",
+        )
+
+        def routes(n: str, node: Node) -> list[list[str] | None]:
+            assert node.placement is not None
+            found = [node.placement.route(user_on(p)) for p in range(PARTITIONS)]
+            return [None if r is None else [m.node for m in r] for r in found]
+
+        # Owners answer themselves; any other node forwards to the owners in ring order,
+        # nginx's pick first, for every user: one decider per user. (Until every member has
+        # heard the others' handovers, a former holder may follow the owners.)
+        wanted = {n: [None if n in owning else owning for owning in expected.values()] for n in ids}
+        await wait_for(
+            lambda: all(routes(n, node) == wanted[n] for n, node in nodes.items()),
+            5,
+            "every node routes each partition's users to its owners in ring order",
+        )
     finally:
         for node in nodes.values():
             await node.stop()

@@ -38,3 +38,13 @@ def test_no_placement_by_partition_agrees_with_a_balancer_keyed_on_the_user() ->
     least = least_forward_fraction(6, 2, users=20_000)
     assert least == pytest.approx(4 / 6, abs=0.06)
     assert least <= forward_fraction(6, 2, "consistent-hash", users=20_000)
+
+
+def test_nginx_hashing_the_partition_onto_the_ring_the_nodes_place_by_forwards_nothing() -> None:
+    for nodes in (2, 4, 6, 12, 50):
+        assert forward_fraction(nodes, 2, "partition-ring", partitions=1000) == 0.0
+    settings = load_settings(replicas="2", placement="ring", kafka="127.0.0.1:9092")
+    assert settings.placement == "ring"
+    assert load_settings().placement == "rendezvous"
+    with pytest.raises(ConfigError, match="placement"):
+        load_settings(placement="nearest")
