@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from service.membership.codec import Member
@@ -128,3 +128,25 @@ class Placement:
             if m.node != self.me and partition in m.ready and m not in first
         ]
         return first + held
+
+    def route_all(self, users: Sequence[str]) -> list[Member] | None:
+        """Where a request deciding several users goes: None when this node answers for
+        every one; else the members that answer for all of them, best first (the first
+        user's order), empty when no member does (their partitions answer on different
+        nodes, or one has no answering member now: `spans_owners` tells which)."""
+        partitions = {self.partition_of(user) for user in users}
+        if partitions <= self.ready:
+            return None
+        first = next(u for u in users if self.partition_of(u) not in self.ready)
+        return [m for m in self.route(first) or () if partitions <= m.ready]
+
+    def spans_owners(self, users: Sequence[str]) -> bool:
+        """Every user has a node answering for it (this one or a member), but no single
+        node answers for all of them."""
+        for user in users:
+            partition = self.partition_of(user)
+            if partition not in self.ready and not any(
+                partition in m.ready for m in self.live.values() if m.node != self.me
+            ):
+                return False
+        return True

@@ -289,22 +289,34 @@ async def send_forwarded(send: Send, answer: Answer) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _check_key(body: bytes) -> str | None:
-    """The key of a single /v1/check body (batches are decided where they arrive)."""
+def _check_keys(body: bytes) -> list[str] | None:
+    """The keys a /v1/check body decides: one, or those of a batch (`checks`) or an atomic
+    check (`all`), in order; None when the body is not one (answered here, as 400)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(doc, dict) and "checks" not in doc:
-        key = doc.get("key")
-        if isinstance(key, str) and key:
-            return key
-    return None
+    if not isinstance(doc, dict):
+        return None
+    items = doc.get("checks", doc.get("all"))
+    if items is None:
+        items = [doc]
+    if not isinstance(items, list) or not items:
+        return None
+    keys: list[str] = []
+    for item in items:
+        key = item.get("key") if isinstance(item, dict) else None
+        if not isinstance(key, str) or not key:
+            return None
+        keys.append(key)
+    return keys
 
 
 class Router:
     """Sends requests for users this node does not answer for (--replicas N) to a member
-    that does: /protected, single /v1/check and GET /v1/keys/{key}."""
+    that does: /protected, /v1/check (a batch or an atomic check goes whole to a node
+    answering for all its keys, or is refused with 400 when none does) and
+    GET /v1/keys/{key}."""
 
     def __init__(self, node: Node, forwarder: Forwarder) -> None:
         assert node.placement is not None
@@ -316,21 +328,31 @@ class Router:
         """(answer, forwarded) when the request was forwarded (or refused under fail mode
         closed with no owner reachable); None: answer it here."""
         method, path, headers = scope["method"], scope["path"], scope["headers"]
-        key: str | None = None
+        keys: list[str] | None = None
         if method == "POST" and path == "/protected":
             try:
-                key, _ = parse_user(headers)
+                keys = [parse_user(headers)[0]]
             except BadRequest:
                 return None  # answered here, as 400
         elif method == "POST" and path == "/v1/check" and body is not None:
-            key = _check_key(body)
+            keys = _check_keys(body)
         elif method == "GET" and path.startswith(KEYS_PATH):
-            key = path[len(KEYS_PATH) :]
-        if not key or forwarded(headers):
+            keys = [path[len(KEYS_PATH) :]]
+        if not keys or not all(keys) or forwarded(headers):
             return None
-        targets = self.placement.route(key)
+        placement = self.placement
+        targets = placement.route(keys[0]) if len(keys) == 1 else placement.route_all(keys)
         if targets is None:
             return None
+        if not targets and len(keys) > 1 and placement.spans_owners(keys):
+            self.forwarder.outcomes.labels("spans_owners").inc()
+            split = BadRequest(
+                "with --replicas N one node must answer for every key of a batch, and no "
+                "node answers for all of these (their partitions are owned by different "
+                "nodes): send them in separate requests, or in batches of keys that share "
+                "a partition"
+            )
+            return error_response(split), False
         target = scope.get("raw_path") or path.encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]

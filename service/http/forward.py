@@ -42,7 +42,7 @@ _RESPONSE_DROP = frozenset(
 )
 MAX_IDLE = 64  # idle connections kept per peer
 IDLE_S = 3.0  # an idle connection older than this is closed (uvicorn drops them after 5 s)
-_OUTCOMES = ("forwarded", "unreachable", "no_owner")
+_OUTCOMES = ("forwarded", "unreachable", "no_owner", "spans_owners")
 _BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 Headers = list[tuple[bytes, bytes]]
@@ -152,7 +152,8 @@ class Forwarder:
             "ratelimiter_forwarded",
             "Requests for users whose partition this node does not answer for, by outcome: "
             "forwarded (an owner answered), unreachable and no_owner (decided here under "
-            "--fail-mode)",
+            "--fail-mode), spans_owners (a /v1/check batch whose keys no one node answers "
+            "for, refused with 400)",
             ["outcome"],
             registry=metrics.registry,
         )

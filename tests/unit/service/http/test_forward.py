@@ -190,3 +190,53 @@ async def test_an_unreachable_owner_means_a_local_decision_within_the_budget(
     assert "x-ratelimiter-answered-by" not in response.headers
     assert took < 1.0
     assert forwarded(a.node, "unreachable") + forwarded(a.node, "no_owner") == 1
+
+
+def users_of(owner: str, count: int) -> list[str]:
+    return [
+        u
+        for i in range(10_000)
+        if owners(partition_for_user(u := f"u{i}", PARTITIONS), "ab", 1) == [owner]
+    ][:count]
+
+
+async def test_a_batch_goes_whole_to_the_node_answering_for_all_its_keys(
+    pair: tuple[Served, Served],
+) -> None:
+    a, b = pair
+    theirs = users_of("b", 2)
+    async with httpx.AsyncClient() as client:
+        # Batches and atomic checks of b's users, sent to a: decided by b (one bucket each).
+        for _ in range(3):
+            batch = await client.post(
+                f"{a.url}/v1/check", json={"checks": [{"key": k, "cost": 2} for k in theirs]}
+            )
+            assert batch.status_code == 200
+            assert batch.headers["x-ratelimiter-answered-by"] == "b"
+        assert [r["allowed"] for r in batch.json()["results"]] == [False, False]  # 2+2, then 1
+        both = await client.post(
+            f"{a.url}/v1/check", json={"all": [{"key": k, "cost": 1} for k in theirs]}
+        )
+        assert both.status_code == 200
+        assert both.headers["x-ratelimiter-answered-by"] == "b"
+        assert both.json()["allowed"] is True
+        for key in theirs:
+            assert b.node.engine.view(key, b.node.rules.default).consumed == 5
+            assert a.node.engine.view(key, a.node.rules.default).contributions == {}
+        # Keys answered on different nodes: refused with a 400 that says why, nothing decided.
+        mixed = [users_of("a", 1)[0], theirs[0]]
+        split = await client.post(
+            f"{a.url}/v1/check", json={"all": [{"key": k, "cost": 1} for k in mixed]}
+        )
+        assert split.status_code == 400
+        assert split.json()["error"] == "bad_request"
+        assert "different nodes" in split.json()["message"]
+        assert a.node.engine.view(mixed[0], a.node.rules.default).consumed == 0
+        # A batch of a's own users is decided on a.
+        mine = await client.post(
+            f"{a.url}/v1/check", json={"checks": [{"key": k} for k in users_of("a", 2)]}
+        )
+        assert mine.status_code == 200
+        assert "x-ratelimiter-answered-by" not in mine.headers
+    assert forwarded(a.node, "forwarded") == 4
+    assert forwarded(a.node, "spans_owners") == 1
