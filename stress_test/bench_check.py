@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import shlex
@@ -50,7 +49,7 @@ from stress_test.bench_processes import (
     wait_http,
     wrk_options,
 )
-from stress_test.provenance import git_commit, header_lines, machine_info
+from stress_test.provenance import header_lines, machine_info, report_head
 
 GUBERNATOR_MODULE = "github.com/gubernator-io/gubernator/v2"
 GUBERNATOR_VERSION = "v2.13.0"
@@ -452,9 +451,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     started = time.monotonic()
     root = repo_root(Path(__file__).resolve().parent)
     report: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "stress_test.bench_check", *argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
+        **report_head("stress_test.bench_check", argv),
         "machine": {**machine_info(), "go": go_version()},
         "settings": {
             "wrk": f"1 thread, {args.conns} connections, {args.secs:g} s x {args.reps} reps "

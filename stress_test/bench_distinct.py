@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -52,7 +50,7 @@ from stress_test.bench_processes import (
     wrk_options,
 )
 from stress_test.bench_run import Bench
-from stress_test.provenance import git_commit, header_lines, machine_info
+from stress_test.provenance import header_lines, report_head
 
 PROG = "python -m stress_test.bench_distinct"
 MAX_KEYS = 2_000_000  # far above the ids one run sends: no eviction in the measured windows
@@ -569,10 +567,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Every scenario; always stops what was started (nodes, then the broker)."""
     started = time.monotonic()
     report: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "stress_test.bench_distinct", *argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": machine_info(),
+        **report_head("stress_test.bench_distinct", argv),
         "settings": {
             "wrk_threads": 1,
             "conns": args.conns,

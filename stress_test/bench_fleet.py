@@ -22,13 +22,11 @@ import argparse
 import array
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import math
 import os
 import random
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -63,7 +61,7 @@ from stress_test.bench_processes import (
     total,
 )
 from stress_test.bench_run import Bench, bench_main
-from stress_test.provenance import git_commit, header_lines, machine_info
+from stress_test.provenance import header_lines, report_head
 
 PROG = "python -m stress_test.bench_fleet"
 DEFAULT_WRITERS = (3, 6, 12, 25, 50)
@@ -912,10 +910,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Every writer count; always stops what was started (producer, node, then broker)."""
     started = time.monotonic()
     report: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "stress_test.bench_fleet", *argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": machine_info(),
+        **report_head("stress_test.bench_fleet", argv),
         "settings": {
             "writers": args.writers,
             "deltas_per_writer_s": args.deltas_per_writer_s,

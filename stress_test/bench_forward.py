@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import shlex
 import statistics
 import sys
 import tempfile
@@ -34,7 +32,7 @@ from stress_test.bench_half import percentile
 from stress_test.bench_processes import BenchError, bucket_quantile, buckets, node, scrape
 from stress_test.bench_run import bench_main
 from stress_test.loadgen import Connection
-from stress_test.provenance import git_commit, header_lines, machine_info
+from stress_test.provenance import header_lines, report_head
 
 PROG = "python -m stress_test.bench_forward"
 PARTITIONS = 12
@@ -189,10 +187,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Both nodes and the rounds; always stops what was started (nodes, then broker)."""
     started = time.monotonic()
     report: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "stress_test.bench_forward", *argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": machine_info(),
+        **report_head("stress_test.bench_forward", argv),
         "results": {},
         "skipped": "",
     }

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import shlex
 import statistics
 import sys
 import tempfile
@@ -44,7 +42,7 @@ from stress_test.bench_half import percentile
 from stress_test.bench_processes import BenchError, scrape
 from stress_test.bench_run import bench_main
 from stress_test.loadgen import Connection
-from stress_test.provenance import git_commit, header_lines, machine_info
+from stress_test.provenance import header_lines, report_head
 
 PROG = "python -m stress_test.bench_owner_lb"
 PARTITIONS, REPLICAS = 48, 2
@@ -235,10 +233,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Both fleets and their rounds; always stops what was started (nginx, nodes, broker)."""
     started = time.monotonic()
     report: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "stress_test.bench_owner_lb", *argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": machine_info(),
+        **report_head("stress_test.bench_owner_lb", argv),
         "nodes": args.nodes,
         "users": args.users,
         "results": {},

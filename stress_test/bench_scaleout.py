@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import math
 import os
 import random
-import shlex
 import statistics
 import subprocess
 import sys
@@ -79,7 +77,7 @@ from stress_test.bench_processes import (
     total,
 )
 from stress_test.bench_run import bench_main
-from stress_test.provenance import git_commit, header_lines, machine_info
+from stress_test.provenance import header_lines, report_head
 
 PROG = "python -m stress_test.bench_scaleout"
 DEFAULT_WRITERS = (3, 6, 12, 25, 50)
@@ -532,10 +530,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Every (replicas, writers) point; always stops what was started."""
     started = time.monotonic()
     report: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "stress_test.bench_scaleout", *argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": machine_info(),
+        **report_head("stress_test.bench_scaleout", argv),
         "settings": {
             k: getattr(args, k)
             for k in ("writers", "modes", "deltas_per_writer_s", "partitions", "secs")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +71,14 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         + f"  elapsed {report['elapsed_s']} s",
         "machine " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
     ]
+
+
+def report_head(module: str, argv: Sequence[str]) -> dict[str, Any]:
+    """The fields every benchmark report starts with: the command that ran `module`, the
+    date (UTC), the commit and the machine."""
+    return {
+        "command": shlex.join(["python", "-m", module, *argv]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git": git_commit(),
+        "machine": machine_info(),
+    }
