@@ -238,14 +238,6 @@ def load_settings(**overrides: Any) -> Settings:
                 "invalid setting state_dir (--state-dir / RATELIMITER_STATE_DIR): not "
                 "supported with --replicas N yet (use --replicas all)"
             )
-        if settings.grpc_port is not None:
-            # ShouldRateLimit is not forwarded: a node would decide descriptors of
-            # partitions it does not read from an empty state, admitting too much.
-            raise ConfigError(
-                "invalid setting grpc_port (--grpc-port / RATELIMITER_GRPC_PORT): not "
-                "supported with --replicas N yet, as gRPC requests are not forwarded to "
-                "the owners (use --replicas all for nodes that serve Envoy)"
-            )
         if settings.member_expiry_s <= settings.heartbeat_s:
             raise ConfigError(
                 "invalid setting member_expiry_s (--member-expiry-s / "

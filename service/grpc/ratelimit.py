@@ -26,6 +26,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from service.engine import Check, Decision
 from service.errors import BadRequest, RateLimiterError, Unavailable, UnknownRule
+from service.grpc.forward import GrpcForwarder, was_forwarded
 from service.grpc.request import UNITS, Asked, read_request
 from service.http.headers import ceil_ms, policy_header, ratelimit_headers
 from service.node import Node
@@ -86,8 +87,10 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         allow_limit_override: bool,
         tracing: Tracing | None = None,
         request_ids: RequestIds | None = None,
+        forwarder: GrpcForwarder | None = None,
     ) -> None:
         self.node = node
+        self.forwarder = forwarder
         self.allow_limit_override = allow_limit_override
         self.tracing = tracing
         self.request_ids = request_ids or RequestIds(f"{node.settings.node_id}/grpc")
@@ -104,6 +107,12 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         context.set_trailing_metadata(trailing)
         token = current_request_id.set(rid)
         try:
+            routed = await self._route(request, metadata, rid)
+            if routed is not None:
+                response, failure = routed
+                if failure is None:
+                    return response
+                await context.abort(failure[0], failure[1], trailing)
             tracing = self.tracing
             if tracing is None:
                 response, failure = self._respond(request)
@@ -118,6 +127,48 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             return response
         await context.abort(failure[0], failure[1], trailing)
         raise AssertionError("unreachable: abort raises")
+
+    async def _route(
+        self, request: Any, metadata: Any, rid: str
+    ) -> tuple[Any, Failure | None] | None:
+        """With --replicas N, the answer of a member answering for every key of the
+        request (or a refusal); None: answer it here."""
+        placement = self.node.placement
+        if placement is None or self.forwarder is None or was_forwarded(metadata):
+            return None
+        keys = self._keys(request)
+        if not keys:
+            return None
+        targets = placement.route(keys[0]) if len(keys) == 1 else placement.route_all(keys)
+        if targets is None:
+            return None
+        if not targets and len(keys) > 1 and placement.spans_owners(keys):
+            self.forwarder.counted.outcomes.labels("spans_owners").inc()
+            return None, (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "with --replicas N one node must answer for every descriptor of a request, "
+                "and no node answers for all of these (their partitions are owned by "
+                "different nodes)",
+            )
+        response = await self.forwarder.forward(targets, request, ((METADATA_KEY, rid),))
+        if response is not None:
+            return response, None
+        if self.node.settings.fail_mode == "closed":
+            return None, (
+                grpc.StatusCode.UNAVAILABLE,
+                "no node answering for these descriptors is reachable and this node runs "
+                "with --fail-mode closed",
+            )
+        return None  # decided here under the fail mode, as HTTP does
+
+    def _keys(self, request: Any) -> list[str] | None:
+        """The limit keys the request decides; None when it is not valid (answered here)."""
+        try:
+            domain, asked = read_request(request)
+            plans = [self._plan(domain, item) for item in asked]
+        except RateLimiterError:
+            return None
+        return [asked[i].key for i, plan in enumerate(plans) if isinstance(plan, Limit)]
 
     def _respond(self, request: Any) -> tuple[Any, Failure | None]:
         try:

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.errors import ConfigError
+from service.grpc.forward import GrpcForwarder
 from service.grpc.health import ReadinessHealth
 from service.grpc.ratelimit import RateLimitService
 from service.node import Node
@@ -55,12 +56,14 @@ class GrpcServer:
         *,
         tracing: Tracing | None = None,
         request_ids: RequestIds | None = None,
+        forwarder: GrpcForwarder | None = None,
     ) -> None:
         self.node = node
         self.address = f"{host}:{port}"
         if request_ids is None:
             request_ids = RequestIds(f"{node.settings.node_id}/grpc")
-        self.service = RateLimitService(node, allow_limit_override, tracing, request_ids)
+        self.forwarder = forwarder
+        self.service = RateLimitService(node, allow_limit_override, tracing, request_ids, forwarder)
         self.health = ReadinessHealth(node)
         self.port: int | None = None
         self._server: Any = None
@@ -79,6 +82,10 @@ class GrpcServer:
         await self.health.sync()
         await server.start()
         self._server, self.port = server, port
+        if self.node.placement is not None:
+            # Members forward ShouldRateLimit here once they hear of it (next heartbeat).
+            host = self.node.settings.advertised_address.rpartition(":")[0]
+            self.node.placement.membership.set_grpc_address(f"{host}:{port}")
         self._follow = asyncio.create_task(self.health.follow(), name="grpc-health")
         log.info("gRPC (Envoy rate limit service, health) on port %d", port)
         return port
@@ -94,6 +101,8 @@ class GrpcServer:
             await self.health.shut_down()
             await self._server.stop(grace_s)
             self._server = None
+        if self.forwarder is not None:
+            await self.forwarder.close()
 
 
 def serve_beside(app: FastAPI, node: Node, host: str, port: int, allow_override: bool) -> None:
@@ -106,8 +115,20 @@ def serve_beside(app: FastAPI, node: Node, host: str, port: int, allow_override:
     @asynccontextmanager
     async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
         async with inner(asgi_app) as state:
+            router = getattr(asgi_app.state, "router", None)
+            forwarder = (
+                GrpcForwarder(node.settings.node_id, router.forwarder)
+                if router is not None
+                else None
+            )
             server = GrpcServer(
-                node, host, port, allow_override, tracing=tracing, request_ids=request_ids
+                node,
+                host,
+                port,
+                allow_override,
+                tracing=tracing,
+                request_ids=request_ids,
+                forwarder=forwarder,
             )
             await server.start()
             try:

@@ -2,6 +2,7 @@
 
 Key: the node id. Value (a tombstone when the node left gracefully):
 {"v":1,"node":ID,"replica":INCARNATION,"address":"host:port","ts":ms,"ready":[partitions]}
+and "grpc":"host:port" when the node serves Envoy's rate limit service (--grpc-port).
 """
 
 from __future__ import annotations
@@ -20,27 +21,30 @@ MAX_TEXT = 256
 @dataclass(frozen=True, slots=True)
 class Member:
     """A node as it announced itself: id, incarnation, HTTP address, heartbeat time (Unix
-    ms) and the partitions it has read to their end and answers for."""
+    ms), the partitions it has read to their end and answers for, and its gRPC address
+    ("" when it serves no gRPC)."""
 
     node: str
     replica: str
     address: str
     heartbeat_ms: int
     ready: frozenset[int] = frozenset()
+    grpc: str = ""
 
 
 def encode_member(member: Member) -> bytes:
     """The value of a member record."""
-    return orjson.dumps(
-        {
-            "v": VERSION,
-            "node": member.node,
-            "replica": member.replica,
-            "address": member.address,
-            "ts": member.heartbeat_ms,
-            "ready": sorted(member.ready),
-        }
-    )
+    doc: dict[str, object] = {
+        "v": VERSION,
+        "node": member.node,
+        "replica": member.replica,
+        "address": member.address,
+        "ts": member.heartbeat_ms,
+        "ready": sorted(member.ready),
+    }
+    if member.grpc:
+        doc["grpc"] = member.grpc
+    return orjson.dumps(doc)
 
 
 def decode_member(key: bytes | None, value: bytes) -> Member:
@@ -61,10 +65,12 @@ def decode_member(key: bytes | None, value: bytes) -> Member:
         type(p) is int and 0 <= p < MAX_PARTITION for p in ready
     ):
         raise PoisonRecord("bad_field", "ready must be a list of partition numbers")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise PoisonRecord("bad_field", f"address {address[:80]!r} is not host:port")
-    return Member(node, replica, address, ts, frozenset(ready))
+    grpc = _text(doc, "grpc") if "grpc" in doc else ""
+    for name, where in (("address", address), ("grpc", grpc)):
+        host, _, port = where.rpartition(":")
+        if where and (not host or not port.isdigit()):
+            raise PoisonRecord("bad_field", f"{name} {where[:80]!r} is not host:port")
+    return Member(node, replica, address, ts, frozenset(ready), grpc)
 
 
 def _text(doc: dict[str, object], name: str) -> str:

@@ -21,7 +21,7 @@ log = logging.getLogger("ratelimiter.members")
 FETCH_S = 0.1
 RETRY_S = 0.5
 
-Signature = tuple[tuple[str, str, frozenset[int]], ...]
+Signature = tuple[tuple[str, str, frozenset[int], str], ...]
 
 
 class Membership:
@@ -45,6 +45,7 @@ class Membership:
         self.node = node
         self.replica = replica
         self.address = address
+        self.grpc_address = ""  # set_grpc_address, once the gRPC server listens
         self.heartbeat_s = heartbeat_s
         self.wall = wall
         self.roster = Roster(expiry_s)
@@ -69,7 +70,8 @@ class Membership:
 
     def me(self) -> Member:
         """This node's own record, as announced now."""
-        return Member(self.node, self.replica, self.address, int(self.wall() * 1000), self.ready)
+        wall_ms = int(self.wall() * 1000)
+        return Member(self.node, self.replica, self.address, wall_ms, self.ready, self.grpc_address)
 
     def live(self) -> dict[str, Member]:
         """The live members by node id, this node always among them."""
@@ -99,6 +101,13 @@ class Membership:
         """The partitions this node answers for now; announced at once when they change."""
         if partitions != self.ready:
             self.ready = partitions
+            self._poke.set()
+            self._notify()
+
+    def set_grpc_address(self, address: str) -> None:
+        """Where this node serves gRPC (host:port); announced at once."""
+        if address != self.grpc_address:
+            self.grpc_address = address
             self._poke.set()
             self._notify()
 
@@ -136,8 +145,8 @@ class Membership:
         signature = self._sign()
         if signature == self._signature:
             return
-        before = {node for node, _, _ in self._signature}
-        after = {node for node, _, _ in signature}
+        before = {sign[0] for sign in self._signature}
+        after = {sign[0] for sign in signature}
         if before != after:
             log.info("live members: %s", ", ".join(sorted(after)))
         self._signature = signature
@@ -145,7 +154,7 @@ class Membership:
             listener()
 
     def _sign(self) -> Signature:
-        return tuple(sorted((m.node, m.address, m.ready) for m in self.live().values()))
+        return tuple(sorted((m.node, m.address, m.ready, m.grpc) for m in self.live().values()))
 
     def _handle(self, records: Sequence[MemberRecord], *, history: bool) -> None:
         now = self.wall()

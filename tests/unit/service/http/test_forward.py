@@ -7,19 +7,29 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 import uvicorn
+import yaml
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from service.bootstrap import build_node
 from service.clock import ORIGIN
+from service.grpc.forward import GrpcForwarder
+from service.grpc.server import GrpcServer
 from service.http.app import create_app
 from service.http.fastpath import FastPath
 from service.local.process import free_port
 from service.membership.rendezvous import owners
 from service.node import Node
+from service.placement import Placement
 from service.replication.codec import partition_for_user
+from service.rules.document import parse_rules
+from service.rules.model import RuleSet, default_rule
 from service.settings import load_settings
 from service.testing import MemoryLog, MemoryMembers, MemoryMembersLog, MemoryStateLog
 from tests.service_helpers import served, wait_for
@@ -51,7 +61,13 @@ class Served:
         self.asgi.router.forwarder.close()  # what the lifespan does
 
 
-async def serve(log: MemoryLog, members: MemoryMembers, node_id: str, **more: str) -> Served:
+async def serve(
+    log: MemoryLog,
+    members: MemoryMembers,
+    node_id: str,
+    rules: RuleSet | None = None,
+    **more: str,
+) -> Served:
     port = free_port()
     settings = load_settings(
         kafka="127.0.0.1:1",
@@ -72,6 +88,7 @@ async def serve(log: MemoryLog, members: MemoryMembers, node_id: str, **more: st
         clock=lambda: time.time() - ORIGIN,
         state_log=MemoryStateLog(log),
         members_log=MemoryMembersLog(members),
+        rules=rules,
     )
     asgi: FastPath = served(create_app(settings, node))
     # The node is started and stopped here, so its HTTP server can go while it still
@@ -87,9 +104,14 @@ async def serve(log: MemoryLog, members: MemoryMembers, node_id: str, **more: st
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[Served, Served]]:
+    async for both in serve_pair():
+        yield both
+
+
+async def serve_pair(rules: RuleSet | None = None) -> AsyncIterator[tuple[Served, Served]]:
     log, members = MemoryLog(PARTITIONS), MemoryMembers()
-    a = await serve(log, members, "a")
-    b = await serve(log, members, "b")
+    a = await serve(log, members, "a", rules)
+    b = await serve(log, members, "b", rules)
     try:
         await wait_for(
             lambda: all(
@@ -240,3 +262,102 @@ async def test_a_batch_goes_whole_to_the_node_answering_for_all_its_keys(
         assert "x-ratelimiter-answered-by" not in mine.headers
     assert forwarded(a.node, "forwarded") == 4
     assert forwarded(a.node, "spans_owners") == 1
+
+
+ENVOY = """
+domain: api
+descriptors:
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 3}
+"""
+
+
+def envoy_request(*users: str) -> Any:
+    entry = ratelimit_pb2.RateLimitDescriptor.Entry
+    return rls_pb2.RateLimitRequest(
+        domain="api",
+        descriptors=[
+            ratelimit_pb2.RateLimitDescriptor(entries=[entry(key="user", value=u)]) for u in users
+        ],
+    )
+
+
+@dataclass
+class EnvoyPair:
+    a: Served
+    b: Served
+    servers: list[GrpcServer]
+    stub: Any  # a RateLimitService stub on a's gRPC port
+
+
+@pytest.fixture
+async def envoy_pair() -> AsyncIterator[EnvoyPair]:
+    rules = parse_rules(yaml.safe_load(ENVOY), default_rule("token_bucket", 1, 5, 1))
+    async for a, b in serve_pair(rules):
+        servers = []
+        for s in (a, b):
+            assert s.asgi.router is not None
+            forwarder = GrpcForwarder(s.node.settings.node_id, s.asgi.router.forwarder)
+            servers.append(GrpcServer(s.node, "127.0.0.1", 0, False, forwarder=forwarder))
+        ports = [await server.start() for server in servers]
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}")
+        try:
+            placement = a.node.placement
+            assert placement is not None
+            b_grpc = f"127.0.0.1:{ports[1]}"
+
+            def heard(p: Placement = placement, address: str = b_grpc) -> bool:
+                return p.live["b"].grpc == address
+
+            await wait_for(heard, 5, "a hears b's gRPC")
+            yield EnvoyPair(a, b, servers, rls_pb2_grpc.RateLimitServiceStub(channel))
+        finally:
+            await channel.close()
+            for server in servers:
+                await server.stop(0)
+
+
+async def test_should_rate_limit_goes_to_the_node_answering_for_its_descriptors(
+    envoy_pair: EnvoyPair,
+) -> None:
+    a, b, stub = envoy_pair.a, envoy_pair.b, envoy_pair.stub
+    placement = a.node.placement
+    assert placement is not None
+    keys_of = envoy_pair.servers[0].service._keys
+
+    def key(user: str) -> str:
+        keys = keys_of(envoy_request(user))
+        assert keys is not None
+        return keys[0]
+
+    theirs = [u for i in range(2_000) if placement.route(key(u := f"e{i}"))][:2]
+    mine = next(u for i in range(2_000) if placement.route(key(u := f"m{i}")) is None)
+    over = rls_pb2.RateLimitResponse.Code.OVER_LIMIT
+    codes = [
+        (await stub.ShouldRateLimit(envoy_request(theirs[0]), timeout=5)).overall_code
+        for _ in range(4)
+    ]
+    assert codes.count(over) == 1  # 3 a minute, all decided at b
+    assert codes[-1] == over
+    rule = next(r for r in b.node.rules.rules if r.envoy is not None)
+    assert b.node.engine.view(key(theirs[0]), rule).consumed == 3
+    assert a.node.engine.view(key(theirs[0]), rule).contributions == {}
+    assert forwarded(a.node, "forwarded") == 4
+    # Both descriptors answered by b: the request goes whole to b, one atomic decision
+    # (the first is over its limit, so the second takes nothing).
+    both = await stub.ShouldRateLimit(envoy_request(*theirs), timeout=5)
+    assert both.overall_code == over
+    assert [s.code for s in both.statuses] == [over, rls_pb2.RateLimitResponse.Code.OK]
+    assert forwarded(a.node, "forwarded") == 5
+    assert b.node.engine.view(key(theirs[1]), rule).consumed == 0
+    # A user of a's own partitions is decided on a.
+    await stub.ShouldRateLimit(envoy_request(mine), timeout=5)
+    assert forwarded(a.node, "forwarded") == 5
+    assert a.node.engine.view(key(mine), rule).consumed == 1
+    # Descriptors answered on different nodes: INVALID_ARGUMENT, nothing decided.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ShouldRateLimit(envoy_request(mine, theirs[1]), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "different nodes" in (refused.value.details() or "")
+    assert forwarded(a.node, "spans_owners") == 1
+    assert a.node.engine.view(key(mine), rule).consumed == 1

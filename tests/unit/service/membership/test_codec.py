@@ -13,6 +13,9 @@ from service.membership.roster import Roster
 def test_round_trip() -> None:
     member = Member("n1", "n1/abc", "10.0.0.1:8000", 1234, frozenset({0, 5}))
     assert decode_member(b"n1", encode_member(member)) == member
+    assert b"grpc" not in encode_member(member)  # as nodes wrote it before gRPC forwarding
+    serving = Member("n1", "n1/abc", "10.0.0.1:8000", 1234, frozenset({0}), "10.0.0.1:8081")
+    assert decode_member(b"n1", encode_member(serving)) == serving
 
 
 @pytest.mark.parametrize(
@@ -24,6 +27,11 @@ def test_round_trip() -> None:
         (b"n1", {"v": 1, "node": "n1", "replica": "r", "address": "h", "ts": 1}, "bad_field"),
         (b"n1", {"v": 1, "node": "n1", "replica": "r", "address": "h:1", "ts": -1}, "bad_field"),
         (b"n1", {"v": 1, "node": "n1", "replica": "", "address": "h:1", "ts": 1}, "bad_field"),
+        (
+            b"n1",
+            {"v": 1, "node": "n1", "replica": "r", "address": "h:1", "ts": 1, "grpc": "h"},
+            "bad_field",
+        ),
         (
             b"n1",
             {"v": 1, "node": "n1", "replica": "r", "address": "h:1", "ts": 1, "ready": [-1]},
