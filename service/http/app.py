@@ -270,6 +270,8 @@ def create_app(
             reason = node.phase  # still starting: what it is waiting for
         if reason:
             body["error"] = reason
+        if node.fatal:
+            body["fatal"] = True  # it will not become ready by waiting: restart needed
         return _json(body, 200 if ready else 503)
 
     @app.get("/v1/regions")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,11 +64,22 @@ class NodeProcess:
 
     def ready(self) -> bool:
         """GET /readyz answers 200."""
+        return self._readiness()[0]
+
+    def _readiness(self) -> tuple[bool, str | None]:
+        """(/readyz answers 200, the error of a node that will never be ready by waiting)."""
         try:
             with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:  # noqa: S310
-                return bool(response.status == 200)
+                return bool(response.status == 200), None
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.loads(exc.read())
+            except (ValueError, OSError):
+                return False, None
+            fatal = isinstance(body, dict) and body.get("fatal") is True
+            return False, str(body.get("error")) if fatal else None
         except (urllib.error.URLError, OSError):
-            return False
+            return False, None
 
     def wait_ready(self, timeout_s: float = 60.0) -> NodeProcess:
         """Poll /readyz until 200; NodeFailed with the log tail if it exits or times out."""
@@ -78,8 +90,11 @@ class NodeProcess:
                     f"{self.node_id} exited with {self.process.returncode}:\n"
                     + "\n".join(tail(self.log_path))
                 )
-            if self.ready():
+            ready, fatal = self._readiness()
+            if ready:
                 return self
+            if fatal is not None:
+                raise NodeFailed(f"{self.node_id} cannot start: {fatal}")
             time.sleep(0.05)
         raise NodeFailed(
             f"{self.node_id} not ready after {timeout_s}s:\n" + "\n".join(tail(self.log_path))

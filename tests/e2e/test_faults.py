@@ -12,9 +12,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from service.local.nodes import NodeProcess
+from service.kafka.topics import ensure_topic
+from service.local.nodes import NodeFailed, NodeProcess
 from service.replication import codec
 from service.replication.codec import partition_for_user
+from service.replication.topic import DEFAULT_PARTITIONS, STATE_TOPIC_CONFIG
 from stress_test.loadgen import Result, Schedule
 from tests.e2e.conftest import Broker, Spawn
 from tests.e2e.http import hold, key_view, wait_until
@@ -196,3 +198,17 @@ async def test_poison_records_between_good_ones_are_skipped(
     assert kinds.get("huge_key") == 1
     assert kinds.get("bad_shape") == 1
     assert codec.decode(None).items == []
+
+
+def test_a_node_that_cannot_start_fails_the_wait_at_once_with_its_reason(
+    spawn: Spawn, kafka_bootstrap: str, topic: str
+) -> None:
+    # A state topic written by an older version (CreateTime stamps): the node refuses it,
+    # and `ratelimiter up` (NodeProcess.wait_ready) says why instead of waiting 120 s.
+    config = {**STATE_TOPIC_CONFIG, "message.timestamp.type": "CreateTime"}
+    asyncio.run(ensure_topic(kafka_bootstrap, topic, DEFAULT_PARTITIONS, config))
+    node = spawn("old-topic", kafka_bootstrap, "--topic", topic, wait=False)
+    started = time.monotonic()
+    with pytest.raises(NodeFailed, match=r"cannot start: .*message\.timestamp\.type"):
+        node.wait_ready(60)
+    assert time.monotonic() - started < 30  # the reason, not the deadline
