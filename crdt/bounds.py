@@ -62,27 +62,6 @@ def regions_excess_bound(
     )
 
 
-def pairwise_excess_bound(
-    capacity: float,
-    rate: float,
-    nodes: int,
-    delay: float,
-    regions: int = 1,
-    region_delay: float = 0.0,
-) -> float:
-    """The looser per-writer form: C + (N-1)(C + r d) + (R-1) N (C + r (d + D)).
-
-    Each other writer over-admits up to C + r * (its delay to us); sound, but it counts
-    r*D once per remote writer where the tighter bound counts it once per remote region.
-    """
-    _check(nodes, regions, delay, region_delay)
-    return (
-        capacity
-        + (nodes - 1) * (capacity + rate * delay)
-        + (regions - 1) * nodes * (capacity + rate * (delay + region_delay))
-    )
-
-
 def admission_bound(
     capacity: float,
     rate: float,

@@ -585,6 +585,34 @@ class FleetBench(Bench):
         print(f"[{self.prog} {stamp}] {message}", file=sys.stderr, flush=True)
 
 
+def run_measured(
+    name: str,
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    measure: Callable[[FleetBench], dict[str, Any]],
+    **fields: Any,
+) -> dict[str, Any]:
+    """The report of `python -m stress_test.<name>`: its head, `fields`, and what
+    `measure` returns on a FleetBench (or why it could not), always stopping what the
+    bench started (ExitStack: nodes, nginx, the broker)."""
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        **report_head(f"stress_test.{name}", argv),
+        **fields,
+        "results": {},
+        "skipped": "",
+    }
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{name}-")))
+        bench = FleetBench(args, work, stack, None, prog=name)
+        try:
+            report["results"] = measure(bench)
+        except FAILURES as exc:
+            report["skipped"] = str(exc)
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    return report
+
+
 def node_args(topic: str) -> list[str]:
     """The observer node's `serve` options (besides --node-id, --port, --kafka)."""
     return [

@@ -18,21 +18,19 @@ import asyncio
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from service.local.nodes import NodeProcess
 from service.membership.rendezvous import owners
 from service.replication.codec import partition_for_user
-from stress_test.bench_fleet import FAILURES, FleetBench
+from stress_test.bench_fleet import FleetBench, run_measured
 from stress_test.bench_half import percentile
 from stress_test.bench_processes import BenchError, bucket_quantile, buckets, node, scrape
 from stress_test.bench_run import bench_main
 from stress_test.loadgen import Connection
-from stress_test.provenance import header_lines, report_head
+from stress_test.provenance import header_lines
 
 PROG = "python -m stress_test.bench_forward"
 PARTITIONS = 12
@@ -185,21 +183,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Both nodes and the rounds; always stops what was started (nodes, then broker)."""
-    started = time.monotonic()
-    report: dict[str, Any] = {
-        **report_head("stress_test.bench_forward", argv),
-        "results": {},
-        "skipped": "",
-    }
-    with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_fwd-")))
-        bench = FleetBench(args, work, stack, None, prog="bench_forward")
-        try:
-            report["results"] = measure(bench)
-        except FAILURES as exc:
-            report["skipped"] = str(exc)
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
-    return report
+    return run_measured("bench_forward", args, argv, measure)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

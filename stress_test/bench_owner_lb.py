@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -37,12 +36,12 @@ from service.local.process import LOOPBACK, free_port
 from service.membership.ketama import Ring, ring_owners
 from service.membership.rendezvous import owners
 from service.replication.codec import partition_for_user
-from stress_test.bench_fleet import FAILURES, FleetBench
+from stress_test.bench_fleet import FleetBench, run_measured
 from stress_test.bench_half import percentile
 from stress_test.bench_processes import BenchError, scrape
 from stress_test.bench_run import bench_main
 from stress_test.loadgen import Connection
-from stress_test.provenance import header_lines, report_head
+from stress_test.provenance import header_lines
 
 PROG = "python -m stress_test.bench_owner_lb"
 PARTITIONS, REPLICAS = 48, 2
@@ -231,23 +230,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Both fleets and their rounds; always stops what was started (nginx, nodes, broker)."""
-    started = time.monotonic()
-    report: dict[str, Any] = {
-        **report_head("stress_test.bench_owner_lb", argv),
-        "nodes": args.nodes,
-        "users": args.users,
-        "results": {},
-        "skipped": "",
-    }
-    with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_olb-")))
-        bench = FleetBench(args, work, stack, None, prog="bench_owner_lb")
-        try:
-            report["results"] = measure(bench)
-        except FAILURES as exc:
-            report["skipped"] = str(exc)
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
-    return report
+    return run_measured("bench_owner_lb", args, argv, measure, nodes=args.nodes, users=args.users)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

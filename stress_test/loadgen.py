@@ -9,6 +9,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from crdt.policy import BucketPolicy
+from crdt.reference import ReferenceBucket
+
 
 class HttpError(Exception):
     """The server closed the connection or answered something unparsable."""
@@ -141,3 +144,15 @@ class Schedule:
         start = time.monotonic() + 0.05
         await asyncio.gather(*(self._user(i, u, start) for i, u in enumerate(self.users)))
         return self.results
+
+
+def ideal_admitted(results: Sequence[Result], rate: float, burst: int) -> int:
+    """What one exact token bucket per user (crdt/reference.py) admits of the same
+    requests at the same send times: the single-node ideal a cluster is measured against."""
+    policy = BucketPolicy(rate, burst)
+    admitted = 0
+    for user in {r.user for r in results}:
+        sent = sorted(r.sent for r in results if r.user == user)
+        bucket = ReferenceBucket(policy, sent[0])
+        admitted += sum(bucket.acquire(1, t) for t in sent)
+    return admitted

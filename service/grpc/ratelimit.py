@@ -16,6 +16,7 @@ shared by every node seeing it).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,7 @@ class Limit:
 
 
 Plan = Limit | str
+Planned = tuple[list[Asked], list[Plan]]
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
@@ -107,7 +109,11 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         context.set_trailing_metadata(trailing)
         token = current_request_id.set(rid)
         try:
-            routed = await self._route(request, metadata, rid)
+            planned: Planned | None = None
+            if self.node.placement is not None and not was_forwarded(metadata):
+                with contextlib.suppress(RateLimiterError):  # then answered here, as an error
+                    planned = self._planned(request)
+            routed = None if planned is None else await self._route(request, planned, rid)
             if routed is not None:
                 response, failure = routed
                 if failure is None:
@@ -115,10 +121,10 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 await context.abort(failure[0], failure[1], trailing)
             tracing = self.tracing
             if tracing is None:
-                response, failure = self._respond(request)
+                response, failure = self._respond(request, planned)
             else:
                 with tracing.request(f"{SERVICE}/{METHOD}", metadata, rid, SPAN_ATTRIBUTES) as span:
-                    response, failure = self._respond(request)
+                    response, failure = self._respond(request, planned)
                     code = grpc.StatusCode.OK if failure is None else failure[0]
                     grpc_status(span, code.value[0])
         finally:
@@ -129,15 +135,14 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         raise AssertionError("unreachable: abort raises")
 
     async def _route(
-        self, request: Any, metadata: Any, rid: str
+        self, request: Any, planned: Planned, rid: str
     ) -> tuple[Any, Failure | None] | None:
         """With --replicas N, the answer of a member answering for every key of the
         request (or a refusal); None: answer it here."""
         placement = self.node.placement
-        if placement is None or self.forwarder is None or was_forwarded(metadata):
-            return None
-        keys = self._keys(request)
-        if not keys:
+        asked, plans = planned
+        keys = [asked[i].key for i, plan in enumerate(plans) if isinstance(plan, Limit)]
+        if placement is None or self.forwarder is None or not keys:
             return None
         targets = placement.route(keys[0]) if len(keys) == 1 else placement.route_all(keys)
         if targets is None:
@@ -161,18 +166,14 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             )
         return None  # decided here under the fail mode, as HTTP does
 
-    def _keys(self, request: Any) -> list[str] | None:
-        """The limit keys the request decides; None when it is not valid (answered here)."""
-        try:
-            domain, asked = read_request(request)
-            plans = [self._plan(domain, item) for item in asked]
-        except RateLimiterError:
-            return None
-        return [asked[i].key for i, plan in enumerate(plans) if isinstance(plan, Limit)]
+    def _planned(self, request: Any) -> Planned:
+        """Each descriptor of the request and the limit it is decided under (BadRequest)."""
+        domain, asked = read_request(request)
+        return asked, [self._plan(domain, item) for item in asked]
 
-    def _respond(self, request: Any) -> tuple[Any, Failure | None]:
+    def _respond(self, request: Any, planned: Planned | None) -> tuple[Any, Failure | None]:
         try:
-            return self.answer(request), None
+            return self.answer(request, planned), None
         except (BadRequest, UnknownRule) as exc:
             return None, (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Unavailable as exc:
@@ -180,10 +181,10 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         except RateLimiterError as exc:
             return None, (grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
-    def answer(self, request: Any) -> Any:
-        """The RateLimitResponse to a RateLimitRequest (BadRequest, Unavailable raised)."""
-        domain, asked = read_request(request)
-        plans = [self._plan(domain, item) for item in asked]
+    def answer(self, request: Any, planned: Planned | None = None) -> Any:
+        """The RateLimitResponse to a RateLimitRequest (BadRequest, Unavailable raised);
+        `planned`: its descriptors' limits when already worked out."""
+        asked, plans = planned if planned is not None else self._planned(request)
         replaced = {name for plan in plans if isinstance(plan, Limit) for name in plan.replaces}
         for i, plan in enumerate(plans):
             if isinstance(plan, Limit) and plan.name is not None and plan.name in replaced:

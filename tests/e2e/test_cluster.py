@@ -8,9 +8,8 @@ import signal
 import httpx
 import pytest
 
-from crdt.policy import BucketPolicy
-from crdt.reference import ReferenceBucket
-from stress_test.loadgen import Schedule
+from crdt.bounds import admission_bound
+from stress_test.loadgen import Schedule, ideal_admitted
 from tests.e2e.conftest import Spawn
 from tests.e2e.http import key_view, protected, wait_until
 
@@ -66,15 +65,10 @@ def test_round_robin_cluster_admits_within_the_bound_and_near_the_ideal(
     assert all(r.status in (200, 429) for r in results)
     admitted = sum(r.status == 200 for r in results)
     # The ideal: one exact token bucket per user fed the same request times.
-    policy = BucketPolicy(rate, burst)
-    ideal = 0
-    for user in users:
-        sent = sorted(r.sent for r in results if r.user == user)
-        bucket = ReferenceBucket(policy, sent[0])
-        ideal += sum(bucket.acquire(1, t) for t in sent)
+    ideal = ideal_admitted(results, rate, burst)
     span = max(r.sent for r in results) - min(r.sent for r in results)
     # DESIGN.md section 3: A <= C + r*T + (N-1)(C + r*d) per user; d bounded by 1 s here.
-    bound = len(users) * (burst + rate * span + (len(nodes) - 1) * (burst + rate * 1.0))
+    bound = len(users) * admission_bound(burst, rate, span, len(nodes), 1.0)
     print(f"admitted={admitted} ideal={ideal} ratio={admitted / ideal:.4f} bound={bound:.0f}")
     assert admitted <= bound
     assert admitted <= ideal * 1.05

@@ -10,13 +10,34 @@ from hypothesis import strategies as st
 from crdt.bounds import (
     admission_bound,
     interval_excess_bound,
-    pairwise_excess_bound,
     regions_excess_bound,
 )
 from crdt.errors import InvalidParameter
 from crdt.policy import EPS_TIME
 from crdt.simulator import TRAFFIC, SimConfig, simulate
 from tests.strategies import scaled
+
+
+def pairwise_excess_bound(
+    capacity: float,
+    rate: float,
+    nodes: int,
+    delay: float,
+    regions: int = 1,
+    region_delay: float = 0.0,
+) -> float:
+    """The looser per-writer form: C + (N-1)(C + r d) + (R-1) N (C + r (d + D)).
+
+    Each other writer over-admits up to C + r * (its delay to us); sound, but it counts
+    r*D once per remote writer where the tighter bound counts it once per remote region.
+    """
+    if nodes < 1 or regions < 1 or not delay >= 0 or not region_delay >= 0:
+        raise InvalidParameter("nodes, regions >= 1 and delays >= 0")
+    return (
+        capacity
+        + (nodes - 1) * (capacity + rate * delay)
+        + (regions - 1) * nodes * (capacity + rate * (delay + region_delay))
+    )
 
 
 @st.composite

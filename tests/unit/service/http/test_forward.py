@@ -323,12 +323,11 @@ async def test_should_rate_limit_goes_to_the_node_answering_for_its_descriptors(
     a, b, stub = envoy_pair.a, envoy_pair.b, envoy_pair.stub
     placement = a.node.placement
     assert placement is not None
-    keys_of = envoy_pair.servers[0].service._keys
+    planned = envoy_pair.servers[0].service._planned
 
-    def key(user: str) -> str:
-        keys = keys_of(envoy_request(user))
-        assert keys is not None
-        return keys[0]
+    def key(user: str) -> str:  # the limit key of the user's descriptor
+        asked, _ = planned(envoy_request(user))
+        return asked[0].key
 
     theirs = [u for i in range(2_000) if placement.route(key(u := f"e{i}"))][:2]
     mine = next(u for i in range(2_000) if placement.route(key(u := f"m{i}")) is None)
