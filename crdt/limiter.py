@@ -36,8 +36,9 @@ class Limiter(Protocol):
         """Give back at most `cost` this replica admitted lately; returns what was."""
         ...
 
-    def flush(self, now: float) -> list[Delta]:
-        """Deltas for keys changed since the last flush."""
+    def flush(self, now: float, *, deltas: bool = True) -> list[Delta]:
+        """Deltas for keys changed since the last flush; with `deltas=False` only the
+        marks are cleared (a replica with no peers: nothing to ship)."""
         ...
 
     def dirty_count(self) -> int:
@@ -84,6 +85,11 @@ class Limiter(Protocol):
     def __len__(self) -> int: ...
 
     def __contains__(self, key: object) -> bool: ...
+
+    def idle(self, key: str, now: float) -> bool:
+        """True when forgetting `key` now changes no decision (a key not held is idle):
+        the sweep may delete it, and a snapshot of it is not needed."""
+        ...
 
     def settled(self, key: str, before: float, now: float) -> bool:
         """True when records of `key` written before `before` can be forgotten."""

@@ -221,8 +221,9 @@ class BucketStore:
 
     # -- replication -------------------------------------------------------------
 
-    def flush(self, now: float) -> list[Delta]:
-        """One Delta per key this replica changed since the last flush."""
+    def flush(self, now: float, *, deltas: bool = True) -> list[Delta]:
+        """One Delta per key this replica changed since the last flush; `deltas=False`
+        clears the marks without building any (a replica with no peers)."""
         self._advance(now)
         out = self._pending
         self._pending = []
@@ -231,6 +232,9 @@ class BucketStore:
         # the epoch ends, and never again (receivers may seal it later).
         since = min(self._flushed_epoch, self._e_now)
         self._flushed_epoch = self._e_now
+        if not deltas:
+            self._dirty.clear()
+            return []
         keys = self._keys
         for key in self._dirty:
             st = keys.get(key)
@@ -401,6 +405,15 @@ class BucketStore:
             and tat <= (self._seal + 1) * self._epoch_width
             and key not in self._dirty
         )
+
+    def idle(self, key: str, now: float) -> bool:
+        """True when forgetting `key` now changes no decision (a key not held is idle):
+        the sweep may delete it, and a snapshot of it is not needed."""
+        st = self._keys.get(key)
+        if st is None:
+            return True
+        self._advance(now)
+        return self._idle(key, st, now)
 
     def settled(self, key: str, before: float, now: float) -> bool:
         """True when every record of `key` written before `before` can be forgotten

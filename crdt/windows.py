@@ -176,9 +176,13 @@ class WindowStore:
             out.append(Entry(st.cur, 0.0, cur[0], cur[1]))
         return tuple(out)
 
-    def flush(self, now: float) -> list[Delta]:
-        """One Delta per key this replica changed since the last flush."""
+    def flush(self, now: float, *, deltas: bool = True) -> list[Delta]:
+        """One Delta per key this replica changed since the last flush; `deltas=False`
+        clears the marks without building any (a replica with no peers)."""
         out, self._pending = self._pending, []
+        if not deltas:
+            self._dirty.clear()
+            return []
         for key in self._dirty:
             st = self._keys.get(key)
             if st is not None:
@@ -278,7 +282,7 @@ class WindowStore:
             key = self._sweep_keys[self._sweep_pos]
             self._sweep_pos += 1
             st = keys.get(key)
-            if st is not None and st.cur < w - 1 and key not in self._dirty:
+            if st is not None and self._idle(key, st.cur, w):
                 del keys[key]
                 deleted += 1
                 if self.deleted is not None:
@@ -286,6 +290,17 @@ class WindowStore:
         self.stats.deleted_idle += deleted
         self.budget.used -= deleted
         return deleted
+
+    def _idle(self, key: str, cur: int, w: int) -> bool:
+        # Every window of the key is older than the previous one, and nothing of ours
+        # is waiting to be flushed.
+        return cur < w - 1 and key not in self._dirty
+
+    def idle(self, key: str, now: float) -> bool:
+        """True when forgetting `key` now changes no decision (a key not held is idle):
+        the sweep may delete it, and a snapshot of it is not needed."""
+        st = self._keys.get(key)
+        return st is None or self._idle(key, st.cur, self._window(now))
 
     def settled(self, key: str, before: float, now: float) -> bool:
         """True when records of `key` written before `before` can no longer matter: their

@@ -338,6 +338,13 @@ class Engine:
             out.extend((name, delta) for delta in limiter.flush(now))
         return out
 
+    def forget_changes(self, now: float) -> None:
+        """Clear every limiter's marks of keys changed since the last flush, building no
+        deltas: a standalone node has no peers to ship them to, and a key still marked
+        never counts as idle."""
+        for limiter in self.limiters.values():
+            limiter.flush(now, deltas=False)
+
     def apply(self, items: Iterable[tuple[str, Delta]], now: float) -> int:
         """Merge peers' deltas; returns how many named a rule this node does not have.
 

@@ -386,9 +386,7 @@ class Node:
         calls this periodically)."""
         now = self.clock()
         if self.settings.standalone:
-            # No peers to ship deltas to; flushing clears the dirty marks that would
-            # otherwise keep every key from ever counting as idle.
-            self.engine.flush(now)
+            self.engine.forget_changes(now)
         self.engine.sweep(now, budget)
 
     async def _sweep_loop(self) -> None:

@@ -38,9 +38,10 @@ class Settings(BaseSettings):
     algorithm: Algorithm = "token_bucket"
     window_s: float = Field(1.0, gt=0, allow_inf_nan=False)
     flush_ms: float = Field(20.0, gt=0, le=10_000, allow_inf_nan=False)
-    # Key records (the compacted per-user snapshot) every 5 s. At most 30 s: batches are
-    # only kept for min.compaction.lag.ms (60 s), and a key record must cover them first.
-    snapshot_ms: float = Field(5000.0, gt=0, le=30_000, allow_inf_nan=False)
+    # Key records (the compacted per-user snapshot) every 5 s, of the keys changed in the
+    # interval before the last. At most 20 s: batches are only kept for
+    # min.compaction.lag.ms (60 s), and a key record must cover them first (2.5 intervals).
+    snapshot_ms: float = Field(5000.0, gt=0, le=20_000, allow_inf_nan=False)
     partitions: int = Field(12, ge=1, le=10_000)
     topic: str = Field("ratelimiter.state", pattern=r"^[A-Za-z0-9._-]{1,249}$")
     rules: Path | None = None

@@ -98,7 +98,10 @@ class Replicator:
         self._outbox_items = 0
         self._backoff = 0.0
         self._retry_at = 0.0
-        self._snapshot_keys: set[tuple[str, str]] = set()  # changed since their key record
+        # Keys changed since their key record, by when: in this snapshot interval, and in
+        # the one before (the next round writes those: see `_snapshot_slice`).
+        self._snapshot_keys: set[tuple[str, str]] = set()
+        self._aging: set[tuple[str, str]] = set()
         self._snapshot_since: dict[str, int] = {}
         self._round: list[tuple[str, str]] = []  # the snapshot round being written
         self._round_pos = 0
@@ -121,6 +124,7 @@ class Replicator:
         self._silent: dict[str, dict[bytes, tuple[int, float, tuple[tuple[str, str], ...]]]] = {}
         self._expire_queue: list[tuple[str, bytes]] = []
         self.tombstones_written = 0
+        self.idle_skipped = 0  # key records not written: the key was idle by its round
         engine.track_deletions()
         # A local snapshot file (--state-dir): loaded at bootstrap, written at stop.
         self.snapshot_file = snapshot_file
@@ -394,7 +398,7 @@ class Replicator:
             rule, key = slot
             limiter = limiters.get(rule)
             if limiter is not None and key in limiter:
-                self._snapshot_keys.add(slot)
+                self._aging.add(slot)  # written by the next round
                 self.shed_keys += 1
             else:
                 dropped += 1
@@ -435,15 +439,20 @@ class Replicator:
                     await asyncio.sleep(0)
                     deadline = time.perf_counter() + SLICE_S
 
-    async def _key_records(self, slots: list[tuple[str, str]], now_ms: int) -> list[OutRecord]:
-        """Key records (each writer's whole state for a user and rule) for `slots`."""
+    async def _key_records(
+        self, slots: list[tuple[str, str]], now: float, now_ms: int
+    ) -> list[OutRecord]:
+        """Key records (each writer's whole state for a user and rule) for `slots`, but
+        for idle keys: forgetting those changes no decision, so no reader needs them."""
         out = []
         replica = self.engine.replica
         limiters = self.engine.limiters
         deadline = time.perf_counter() + SLICE_S
         for rule, key in slots:
             limiter = limiters.get(rule)
-            if limiter is None:
+            if limiter is None or limiter.idle(key, now):
+                if limiter is not None:
+                    self.idle_skipped += 1
                 continue
             delta = limiter.delta_for(key, self._snapshot_since.get(rule, -(2**62)))
             if delta is not None:
@@ -461,17 +470,23 @@ class Replicator:
 
     def _snapshot_slice(self, final: bool) -> list[tuple[str, str]]:
         """The key records due now: snapshots are written in rounds, each spread over the
-        flushes of half a snapshot interval, so no flush writes every key at once."""
+        flushes of half a snapshot interval, so no flush writes every key at once.
+
+        A round writes the keys changed in the interval before the last one: by then most
+        keys of users seen once are idle and need no record (nor a tombstone later), and the
+        batches holding them stay on the topic meanwhile (2.5 intervals at most, within
+        the topic's min.compaction.lag.ms)."""
         if not self._round and (final or time.monotonic() >= self._next_round):
-            self._round = list(self._snapshot_keys)
-            self._snapshot_keys.clear()
+            self._round = list(self._aging)
+            self._aging = self._snapshot_keys
+            self._snapshot_keys = set()
             self._round_pos = 0
             self._round_epochs = {n: lim.current_epoch for n, lim in self.engine.limiters.items()}
             self._next_round = time.monotonic() + self.snapshot_s
             flushes = max(1.0, self.snapshot_s / self.flush_s / 2)
             self._round_step = max(MIN_SNAPSHOT_SLICE, math.ceil(len(self._round) / flushes))
         if final:
-            return [*self._round[self._round_pos :], *self._snapshot_keys]
+            return [*self._round[self._round_pos :], *self._aging, *self._snapshot_keys]
         return self._round[self._round_pos : self._round_pos + self._round_step]
 
     def _snapshot_written(self, count: int, final: bool) -> None:
@@ -481,6 +496,7 @@ class Replicator:
             self._round_pos = 0
             self._snapshot_since = self._round_epochs
             if final:
+                self._aging.clear()
                 self._snapshot_keys.clear()
 
     async def flush(self, *, final: bool = False) -> None:
@@ -507,7 +523,7 @@ class Replicator:
         self._unencoded.clear()
         await self._encode_batches(fresh, now_ms)
         snapshot_slots = self._snapshot_slice(final)
-        key_records = await self._key_records(snapshot_slots, now_ms)
+        key_records = await self._key_records(snapshot_slots, now, now_ms)
         self._own_tombstones()
         if self._silent:
             self._expire_slice()

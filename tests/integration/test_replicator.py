@@ -145,7 +145,7 @@ async def test_peers_converge_through_kafka(start: StartNode) -> None:
 
 
 async def test_stop_publishes_what_was_admitted(start: StartNode) -> None:
-    a = await start("a", flush_ms=200, snapshot_ms=30_000)
+    a = await start("a", flush_ms=200, snapshot_ms=20_000)
     assert admit(a, "frank", 7) == 7
     # Nothing awaited since admitting: the flush loop has not taken these yet.
     assert a.engine.dirty_count() == 1

@@ -61,6 +61,24 @@ def test_every_limiter_speaks_the_port(algorithm: str) -> None:
     assert len(limiter) == 0
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_flush_without_deltas_clears_marks_and_idle_agrees_with_the_sweep(
+    algorithm: str,
+) -> None:
+    # A standalone node has no peers: it clears the marks (or no key would ever idle)
+    # without building the deltas it would throw away.
+    limiter: Limiter = make_limiter(algorithm, "r0", rate=1.0, burst=3)
+    limiter.acquire("k", 2, 100.0)
+    assert not limiter.idle("k", 1000.0), "marked: its change is not shipped yet"
+    assert limiter.flush(100.0, deltas=False) == []
+    assert limiter.dirty_count() == 0
+    assert limiter.flush(100.0) == []
+    assert limiter.idle("nobody", 100.0)
+    assert not limiter.idle("k", 100.5), "still draining"
+    assert limiter.idle("k", 1000.0)
+    assert limiter.sweep(1000.0) == 1
+
+
 @pytest.mark.parametrize("algorithm", ["leaky_bucket", "", "TOKEN_BUCKET"])
 def test_unknown_algorithm_raises(algorithm: str) -> None:
     with pytest.raises(InvalidParameter, match="unknown algorithm") as info:

@@ -258,6 +258,29 @@ def test_every_record_of_a_user_shares_one_partition(user: str, n: int) -> None:
     assert partition == (codec.murmur2(user.encode()) & 0x7FFFFFFF) % n
 
 
+def test_the_compiled_murmur2_is_built_by_the_install() -> None:
+    # `make test` installs with a C compiler: the fallback must not pass for it silently.
+    from service.replication import _murmur2
+
+    assert codec.COMPILED_MURMUR2
+    assert _murmur2.murmur2(b"") == codec.reference_murmur2(b"")
+
+
+@given(data=st.binary(max_size=300))
+def test_the_compiled_murmur2_equals_the_reference(data: bytes) -> None:
+    from service.replication._murmur2 import murmur2
+
+    assert murmur2(data) == codec.reference_murmur2(data)
+    assert murmur2(bytearray(data)) == murmur2(memoryview(data)) == murmur2(data)
+
+
+def test_the_compiled_murmur2_refuses_what_is_not_bytes() -> None:
+    from service.replication._murmur2 import murmur2
+
+    with pytest.raises(TypeError):
+        murmur2("text")
+
+
 def test_zero_partitions_is_an_error() -> None:
     with pytest.raises(InvalidParameter, match="at least one partition"):
         codec.partition_for_user("alice", 0)

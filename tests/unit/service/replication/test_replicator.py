@@ -206,6 +206,34 @@ async def test_snapshots_are_spread_over_flushes_not_written_at_once(
     assert len(key_record_keys(log)) == 3000  # each key once
 
 
+async def test_keys_idle_by_their_round_get_no_key_record_and_no_tombstone(
+    log: MemoryLog, clock: ManualClock
+) -> None:
+    # Many users seen once: by the round that snapshots them (the interval after next),
+    # their buckets are full and their epochs sealed. Forgetting them changes no decision,
+    # so no key record is written for them (nor, later, a tombstone); a key still
+    # draining gets its record as before.
+    a = replicator_on(log, clock, "a/1", flush_s=0.01, snapshot_s=0.2)
+    for i in range(200):
+        spend(a, f"once-{i}", 1)
+    await a.flush()  # their batch record
+    clock.advance(10.0)  # refilled, and every epoch they touched sealed (seal 3 s)
+    spend(a, "hot", BURST)  # 2 s of refill ahead: not idle for a while
+    (wire,) = a.engine.limiters
+    hot_key = codec.key_record_key(wire, "hot", "a/1")
+
+    async def hot_snapshotted() -> bool:
+        await a.flush()
+        return hot_key in key_record_keys(log)
+
+    await wait_for(hot_snapshotted, what="the draining key's key record")
+    assert key_record_keys(log) == [hot_key]
+    assert a.idle_skipped == 200
+    assert a.engine.sweep(clock(), 10_000) == 200  # the sweep forgets the same keys
+    await a.flush()
+    assert a.tombstones_written == 0  # nothing of theirs was written to tombstone
+
+
 async def test_merging_skips_own_records_and_counts_poison(
     log: MemoryLog, clock: ManualClock
 ) -> None:
@@ -424,7 +452,7 @@ async def test_stop_publishes_what_was_admitted(
     log: MemoryLog, clock: ManualClock, nodes: StartNode
 ) -> None:
     # A flush interval far beyond the test: only stop() can publish these admissions.
-    a = memory_node(log, clock, "a", flush_ms=10_000, snapshot_ms=30_000)
+    a = memory_node(log, clock, "a", flush_ms=10_000, snapshot_ms=20_000)
     await a.start()
     await a.wait_ready(5)
     assert all(admit(a, "frank", 7))
