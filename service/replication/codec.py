@@ -16,12 +16,12 @@ Two record kinds, both readable with Kafka's console consumer:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 import orjson
-from aiokafka.partitioner import murmur2 as reference_murmur2
+from aiokafka.partitioner import murmur2 as _aiokafka_murmur2
 
 from crdt.delta import Delta, Entry
 from service.engine import MAX_KEY_BYTES
@@ -50,6 +50,7 @@ class Decoded(NamedTuple):
     skipped: tuple[tuple[str, str], ...] = ()
 
 
+_fast_murmur2: Callable[[bytes], int] | None
 try:
     # Compiled at install (setup.py): 50x faster than the reference, which the tests
     # check it against; without a C compiler at install the reference is used.
@@ -60,11 +61,16 @@ except ImportError:  # pragma: no cover - exercised where no compiler was found
 COMPILED_MURMUR2 = _fast_murmur2 is not None
 
 
+def reference_murmur2(data: bytes) -> int:
+    """Kafka's murmur2 in pure Python (aiokafka's), as an unsigned 32-bit int."""
+    return int(_aiokafka_murmur2(data)) & 0xFFFFFFFF
+
+
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (as `Utils.murmur2` in the Java client), as an unsigned 32-bit int."""
     if _fast_murmur2 is not None:
         return _fast_murmur2(data)
-    return int(reference_murmur2(data)) & 0xFFFFFFFF
+    return reference_murmur2(data)
 
 
 def _positive_hash(user_bytes: bytes) -> int:
