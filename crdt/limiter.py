@@ -36,9 +36,10 @@ class Limiter(Protocol):
         """Give back at most `cost` this replica admitted lately; returns what was."""
         ...
 
-    def flush(self, now: float, *, deltas: bool = True) -> list[Delta]:
-        """Deltas for keys changed since the last flush; with `deltas=False` only the
-        marks are cleared (a replica with no peers: nothing to ship)."""
+    def flush(self, now: float, *, deltas: bool = True, limit: int | None = None) -> list[Delta]:
+        """Deltas for keys changed since the last flush (for at most `limit` of them:
+        the rest stay marked); with `deltas=False` only the marks are cleared (a replica
+        with no peers: nothing to ship)."""
         ...
 
     def dirty_count(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -221,28 +222,35 @@ class BucketStore:
 
     # -- replication -------------------------------------------------------------
 
-    def flush(self, now: float, *, deltas: bool = True) -> list[Delta]:
-        """One Delta per key this replica changed since the last flush; `deltas=False`
-        clears the marks without building any (a replica with no peers)."""
+    def flush(self, now: float, *, deltas: bool = True, limit: int | None = None) -> list[Delta]:
+        """One Delta per key this replica changed since the last flush, or for `limit` of
+        them (the rest stay marked for the next call); `deltas=False` clears the marks
+        without building any (a replica with no peers)."""
         self._advance(now)
         out = self._pending
         self._pending = []
-        # Own writes since the previous flush went to epochs >= the epoch current at
-        # that flush, so this ships each epoch's final own cell exactly once more after
-        # the epoch ends, and never again (receivers may seal it later).
+        # Own writes of marked keys went to epochs >= _flushed_epoch: once every mark is
+        # taken it moves to the current epoch, so this ships each epoch's final own cell
+        # exactly once more after the epoch ends, and never again (receivers may seal it
+        # later). While keys stay marked it stays put: their writes may be that old.
         since = min(self._flushed_epoch, self._e_now)
-        self._flushed_epoch = self._e_now
+        dirty = self._dirty
+        taken: Iterable[str]
+        if limit is None or len(dirty) <= limit:
+            self._flushed_epoch = self._e_now
+            taken, self._dirty = dirty, set()
+        else:
+            self._flushed_epoch = since
+            taken = [dirty.pop() for _ in range(limit)]
         if not deltas:
-            self._dirty.clear()
             return []
         keys = self._keys
-        for key in self._dirty:
+        for key in taken:
             st = keys.get(key)
             if st is not None:
                 entries = tuple(Entry(*t) for t in st.own_entries(self.replica, since))
                 if entries:
                     out.append(Delta(key, self.replica, entries))
-        self._dirty.clear()
         return out
 
     def delta_for(self, key: str, since_epoch: int) -> Delta | None:

@@ -10,6 +10,7 @@ decision, so older windows are dropped; cells that arrive for them change nothin
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from crdt.delta import Delta, Entry
@@ -176,20 +177,25 @@ class WindowStore:
             out.append(Entry(st.cur, 0.0, cur[0], cur[1]))
         return tuple(out)
 
-    def flush(self, now: float, *, deltas: bool = True) -> list[Delta]:
-        """One Delta per key this replica changed since the last flush; `deltas=False`
-        clears the marks without building any (a replica with no peers)."""
+    def flush(self, now: float, *, deltas: bool = True, limit: int | None = None) -> list[Delta]:
+        """One Delta per key this replica changed since the last flush, or for `limit` of
+        them (the rest stay marked for the next call); `deltas=False` clears the marks
+        without building any (a replica with no peers)."""
         out, self._pending = self._pending, []
+        dirty = self._dirty
+        taken: Iterable[str]
+        if limit is None or len(dirty) <= limit:
+            taken, self._dirty = dirty, set()
+        else:
+            taken = [dirty.pop() for _ in range(limit)]
         if not deltas:
-            self._dirty.clear()
             return []
-        for key in self._dirty:
+        for key in taken:
             st = self._keys.get(key)
             if st is not None:
                 entries = self._own_entries(st)
                 if entries:
                     out.append(Delta(key, self.replica, entries))
-        self._dirty.clear()
         return out
 
     def delta_for(self, key: str, since_epoch: int) -> Delta | None:

@@ -331,11 +331,15 @@ class Engine:
         """The merged state of `key` under `rule`."""
         return self._limiter_of(rule).view(key, self.clock() if now is None else now)
 
-    def flush(self, now: float) -> list[tuple[str, Delta]]:
-        """(rule name, delta) for every key changed since the last flush."""
+    def flush(self, now: float, limit: int | None = None) -> list[tuple[str, Delta]]:
+        """(rule name, delta) for every key changed since the last flush, or for about
+        `limit` of them (the rest stay marked for the next call)."""
         out: list[tuple[str, Delta]] = []
         for name, limiter in self.limiters.items():
-            out.extend((name, delta) for delta in limiter.flush(now))
+            room = None if limit is None else limit - len(out)
+            if room is not None and room <= 0:
+                break
+            out.extend((name, delta) for delta in limiter.flush(now, limit=room))
         return out
 
     def forget_changes(self, now: float) -> None:

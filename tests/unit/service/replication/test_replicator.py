@@ -21,7 +21,7 @@ from service.metrics import Metrics
 from service.node import Node
 from service.replication import codec
 from service.replication.codec import partition_for_user
-from service.replication.replicator import Replicator
+from service.replication.replicator import COLLECT_SLICE, Replicator
 from service.replication.statelog import OutRecord
 from service.rules.model import RuleSet, default_rule
 from service.settings import load_settings
@@ -232,6 +232,34 @@ async def test_keys_idle_by_their_round_get_no_key_record_and_no_tombstone(
     assert a.engine.sweep(clock(), 10_000) == 200  # the sweep forgets the same keys
     await a.flush()
     assert a.tombstones_written == 0  # nothing of theirs was written to tombstone
+
+
+async def test_a_flush_takes_many_changed_keys_a_slice_at_a_time(
+    log: MemoryLog, clock: ManualClock
+) -> None:
+    # While a publish waits on an unreachable broker, tens of thousands of keys change:
+    # the next flush moves them into the buffer a slice at a time, letting requests in.
+    a = replicator_on(log, clock, "a/1")
+    total = 3 * COLLECT_SLICE + 50
+    for i in range(total):
+        spend(a, f"u-{i}", 1)
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(a.engine.dirty_count())
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    await a.flush()
+    watcher.cancel()
+    assert seen[0] == total
+    assert a.engine.dirty_count() == 0
+    assert any(0 < n < total for n in seen), "the event loop ran between slices"
+    assert {d.key for _, dec in published(log) for _, d in dec.items} == {
+        f"u-{i}" for i in range(total)
+    }
 
 
 async def test_merging_skips_own_records_and_counts_poison(
