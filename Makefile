@@ -11,10 +11,11 @@ PYTEST_ARGS ?=
 # test, docker-compose validates the compose file, faketime (libfaketime) sets one node's clock
 # ahead in the chaos test, nginx checks the consistent-hash ring against the real one and,
 # with its njs module (a file, not a command), balances users onto their partition's owners,
+# gcc and Python's headers (python3-dev) compile Kafka's murmur2 (setup.py),
 # python3-venv builds .venv. `make run`
 # needs none of them (without Java it starts a standalone node and says why).
 SYSTEM_PACKAGES := java:openjdk-17-jre-headless mvn:maven chromium:chromium curl:curl \
-	docker-compose:docker-compose faketime:faketime nginx:nginx \
+	docker-compose:docker-compose faketime:faketime nginx:nginx gcc:gcc \
 	/usr/lib/nginx/modules/ngx_http_js_module.so:libnginx-mod-http-js
 system:
 	@missing=""; \
@@ -24,6 +25,8 @@ system:
 			|| missing="$$missing $${pair#*:}"; \
 	done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_path("include") + "/Python.h")' \
+		>/dev/null 2>&1 || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then sudo=""; \
 		elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
@@ -36,7 +39,7 @@ system:
 		rm -f "$$log"; \
 	fi
 
-$(BIN)/.installed: requirements.txt pyproject.toml
+$(BIN)/.installed: requirements.txt pyproject.toml setup.py service/replication/_murmur2.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
