@@ -469,8 +469,8 @@ def run_scenarios(bench: DistinctBench) -> None:
     except (BenchError, RateLimiterError) as exc:
         bench.say(f"synced and outage skipped: {exc}")
         bench.skipped["synced"] = bench.skipped["outage"] = str(exc)
-    for name, proc in nodes.items():  # warm-up, discarded
-        bench.measure(proc, 1, f"{name} warm-up")
+    for name, proc in nodes.items():  # warm-up, discarded (the broker's JIT too)
+        bench.measure(proc, a.warmup, f"{name} warm-up")
     runs: dict[str, list[Run]] = {name: [] for name in nodes}
     for rep in range(a.reps):
         for name, proc in nodes.items():
@@ -502,6 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="an existing broker (default: start a local one on a free port); "
         "the outage scenario needs a broker started here",
     )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds of load per node before measuring, discarded (default 5): a broker "
+        "started here compiles its hot paths meanwhile (JIT) and uses less CPU after",
+    )
     return p
 
 
@@ -524,6 +532,8 @@ NOTES = [
     "(scraped before and after each run); each figure is the upper bound of the bucket "
     "holding it; max is the smallest bound holding every observation; the probe timer "
     "fires every 20 ms, so observations ~ 50 per second of wall time",
+    "warm-up: --warmup seconds of the same load per node first, discarded: a broker started "
+    "here spends its first minute compiling (JIT): 2.6x its CPU per request of later runs",
     "outage: one run with the broker up (before), one right after it stopped (during), "
     "one shorter run after it was started again and the node published its backlog (after)",
 ]
