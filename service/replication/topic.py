@@ -29,7 +29,8 @@ STATE_TOPIC_CONFIG: Mapping[str, str] = {
     # Batch records (keyed by writer and partition) are superseded by the next flush's,
     # but the keys they carry are only rewritten as key records by the snapshot round of
     # the interval after next (--snapshot-ms, 5 s by default, at most 20 s: 50 s at most):
-    # keep every record a minute so a bootstrapping node never misses consumption. Force a clean at least hourly when traffic is low.
+    # keep every record a minute so a bootstrapping node never misses consumption. Force
+    # a clean at least hourly when traffic is low.
     "min.compaction.lag.ms": "60000",
     "max.compaction.lag.ms": "3600000",
     # A tombstone stays a day, so a node offline for less still sees the deletion.
