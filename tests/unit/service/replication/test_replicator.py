@@ -243,17 +243,18 @@ async def test_a_flush_takes_many_changed_keys_a_slice_at_a_time(
     total = 3 * COLLECT_SLICE + 50
     for i in range(total):
         spend(a, f"u-{i}", 1)
-    seen: list[int] = []
+    loop = asyncio.get_running_loop()
+    seen = [a.engine.dirty_count()]
+    flushing = True
 
-    async def watch() -> None:
-        while True:
-            seen.append(a.engine.dirty_count())
-            await asyncio.sleep(0)
+    def watch() -> None:  # runs once per turn of the event loop while the flush runs
+        seen.append(a.engine.dirty_count())
+        if flushing:
+            loop.call_soon(watch)
 
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)
+    loop.call_soon(watch)
     await a.flush()
-    watcher.cancel()
+    flushing = False
     assert seen[0] == total
     assert a.engine.dirty_count() == 0
     assert any(0 < n < total for n in seen), "the event loop ran between slices"
