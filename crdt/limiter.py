@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
 from crdt.delta import Delta
@@ -71,8 +72,8 @@ class Limiter(Protocol):
         """Leave bootstrap mode."""
         ...
 
-    def export_keys(self) -> list[tuple[Any, ...]]:
-        """Every key's state as marshal-able rows."""
+    def export_keys(self, keys: Iterable[str] | None = None) -> list[tuple[Any, ...]]:
+        """Every key's state (or that of those of `keys` still held) as marshal-able rows."""
         ...
 
     def import_keys(self, rows: list[tuple[Any, ...]], writer: str) -> int:

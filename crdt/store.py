@@ -512,11 +512,14 @@ class BucketStore:
             self._remember_own_cell(key, st)
             self.stats.evicted_active += 1
 
-    def export_keys(self) -> list[tuple[Any, ...]]:
-        """Every key's whole state as plain tuples, dicts, floats and ints (marshal-able):
-        what a restarted node loads with `import_keys` instead of re-reading the topic."""
+    def export_keys(self, keys: Iterable[str] | None = None) -> list[tuple[Any, ...]]:
+        """Every key's whole state (or that of those of `keys` still held) as plain tuples,
+        dicts, floats and ints (marshal-able): what a restarted or new node loads with
+        `import_keys` instead of re-reading the topic."""
         rows: list[tuple[Any, ...]] = []
-        for key, st in self._keys.items():
+        held = self._keys
+        pairs = held.items() if keys is None else ((k, held[k]) for k in keys if k in held)
+        for key, st in pairs:
             x = st.x
             if x is None:
                 rows.append((key, st.e, st.floor, st.used, st.own))

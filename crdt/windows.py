@@ -353,11 +353,14 @@ class WindowStore:
             st.cur_used = kept[1] - kept[2]
         return st
 
-    def export_keys(self) -> list[tuple[Any, ...]]:
-        """Every key's windows as plain tuples and dicts (see BucketStore.export_keys)."""
+    def export_keys(self, keys: Iterable[str] | None = None) -> list[tuple[Any, ...]]:
+        """Every key's windows (or those of `keys` still held) as plain tuples and dicts
+        (see BucketStore.export_keys)."""
+        held = self._keys
+        pairs = held.items() if keys is None else ((k, held[k]) for k in keys if k in held)
         return [
             (key, st.cur, st.cur_cells, st.cur_used, st.prev_cells, st.prev_used)
-            for key, st in self._keys.items()
+            for key, st in pairs
         ]
 
     def import_keys(self, rows: list[tuple[Any, ...]], writer: str) -> int:

@@ -147,6 +147,10 @@ def build_node(
             remote=remote,
             regions=regions,
             heartbeat_s=settings.region_heartbeat_s if settings.region is not None else None,
+            bootstrap_from=settings.bootstrap_peers,
+            admin_token=(
+                settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
+            ),
         )
         if settings.replica_count is not None:
             membership = Membership(

@@ -121,6 +121,21 @@ class Metrics:
         self.bootstrap_records = Gauge(
             "ratelimiter_bootstrap_records", "Records read during bootstrap", registry=r
         )
+        self.bootstrap_keys_loaded = Gauge(
+            "ratelimiter_bootstrap_keys_loaded",
+            "Keys loaded at start from the snapshot file (--state-dir) or a peer "
+            "(--bootstrap-from) before reading the topic from the offsets they cover",
+            ["source"],
+            registry=r,
+        )
+        self.handoffs = Counter(
+            "ratelimiter_bootstrap_handoffs",
+            "Peers asked for their state at start (--bootstrap-from), by outcome: loaded, "
+            "refused (nothing loaded: the next peer is asked), cut (keys loaded, then the "
+            "stream failed: the whole topic is read)",
+            ["outcome"],
+            registry=r,
+        )
         self.ready = Gauge("ratelimiter_ready", "1 while /readyz answers 200", registry=r)
         self.clock_offset = Gauge(
             "ratelimiter_clock_offset_seconds",

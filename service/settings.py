@@ -18,6 +18,7 @@ from service.regions import TopicSelector
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_PEER_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}/?$")
 
 FailMode = Literal["local", "share", "closed"]
 RegionFailMode = Literal["local", "share"]
@@ -78,6 +79,10 @@ class Settings(BaseSettings):
     # A restarted node loads the state it wrote here at its last graceful stop and reads
     # the state topic only from the offsets recorded with it; unset: off.
     state_dir: Path | None = None
+    # A new node asks these peers (comma-separated base URLs, first first) for their state
+    # at bootstrap, with --admin-token, and reads the state topic only from the offsets it
+    # covers; unset, or when every peer refuses: the whole topic is read.
+    bootstrap_from: str | None = Field(None, min_length=1, max_length=2000)
     expire_writers_s: float = Field(600.0, gt=0, allow_inf_nan=False)
     peer_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
     # Each partition is read by R nodes (`all`: every node reads every partition, no
@@ -148,6 +153,23 @@ class Settings(BaseSettings):
             if not _HOST_PORT.match(part.strip()):
                 raise ValueError("use HOST:PORT[,HOST:PORT...] or 'none'")
         return value
+
+    @field_validator("bootstrap_from")
+    @classmethod
+    def _bootstrap_from(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for part in value.split(","):
+            if not _PEER_URL.match(part.strip()):
+                raise ValueError("use http(s)://HOST:PORT[,http(s)://HOST:PORT...]")
+        return value
+
+    @property
+    def bootstrap_peers(self) -> tuple[str, ...]:
+        """The base URLs of --bootstrap-from, in order."""
+        if self.bootstrap_from is None:
+            return ()
+        return tuple(part.strip().rstrip("/") for part in self.bootstrap_from.split(","))
 
     @field_validator("rules")
     @classmethod
@@ -233,6 +255,19 @@ def load_settings(**overrides: Any) -> Settings:
             f"invalid setting {name} (--{name.replace('_', '-')} / "
             f"RATELIMITER_{name.upper()}): {reason}"
         )
+    if settings.bootstrap_from is not None:
+        if settings.admin_token is None or settings.standalone:
+            raise ConfigError(
+                "invalid setting bootstrap_from (--bootstrap-from / "
+                "RATELIMITER_BOOTSTRAP_FROM): needs --kafka and --admin-token (the peers' "
+                "admin token: their state is an admin endpoint)"
+            )
+        if settings.replica_count is not None:
+            raise ConfigError(
+                "invalid setting bootstrap_from (--bootstrap-from / "
+                "RATELIMITER_BOOTSTRAP_FROM): not supported with --replicas N yet (use "
+                "--replicas all)"
+            )
     if settings.replica_count is not None:
         if settings.state_dir is not None:
             raise ConfigError(

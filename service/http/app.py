@@ -8,12 +8,12 @@ from typing import Annotated
 
 import orjson
 from fastapi import FastAPI, Header, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from service.bootstrap import build_node
 from service.engine import MAX_KEY_BYTES
-from service.errors import BadRequest, UnknownRule
+from service.errors import BadRequest, Unavailable, UnknownRule
 from service.http import errors
 from service.http.auth import require_admin
 from service.http.contract import (
@@ -32,6 +32,7 @@ from service.node import Node
 from service.observability.request_id import RequestIds
 from service.observability.request_id import current as current_request_id
 from service.observability.tracing import Tracing, tracing_from_env
+from service.replication import handoff
 from service.rules.model import RULE_NAME_MAX, Rule, rule_from_mapping
 from service.settings import Settings
 
@@ -192,6 +193,35 @@ def create_app(
                 "replica": node.replica,
             }
         )
+
+    @app.get(
+        handoff.PATH,
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "every key's state and the topic offsets it covers, as "
+                "newline-delimited JSON: a header, chunks of rows, an end line (what "
+                "--bootstrap-from loads)",
+                "content": {handoff.MEDIA_TYPE: {}},
+            },
+            401: {"description": "missing or wrong bearer token"},
+            503: {"description": "not ready (or standalone): no state that covers the topic"},
+        },
+    )
+    async def state(authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Admin: this node's whole state for a new node to start from (--bootstrap-from),
+        streamed in chunks between which requests are answered."""
+        require_admin(settings, authorization)
+        replicator = node.replicator
+        if replicator is None:
+            raise Unavailable("a standalone node reads no state topic: nothing to hand over")
+        if not node.ready:
+            raise Unavailable("the node is still reading the state topic (see /readyz)")
+        offsets = dict(replicator.merged_offsets)  # before any key is exported
+        lines = handoff.state_lines(
+            node.engine, replicator.topic, replicator.log.partitions, offsets
+        )
+        return StreamingResponse(lines, media_type=handoff.MEDIA_TYPE)
 
     @app.get("/v1/rules")
     async def list_rules() -> Response:

@@ -7,7 +7,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +18,7 @@ from service.engine import Engine
 from service.errors import PoisonRecord, RateLimiterError
 from service.metrics import Metrics
 from service.regions import RegionTracker
-from service.replication import codec, snapshot
+from service.replication import codec, handoff, snapshot
 from service.replication.regional import RegionFeed
 from service.replication.remotelog import RemoteLog
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed, StateLog
@@ -76,6 +76,8 @@ class Replicator:
         remote: RemoteLog | None = None,
         regions: RegionTracker | None = None,
         heartbeat_s: float | None = None,
+        bootstrap_from: Sequence[str] = (),
+        admin_token: str = "",
     ) -> None:
         self.engine = engine
         # Told of every publish's round trip when the log stamps records (its clock).
@@ -132,6 +134,9 @@ class Replicator:
         self.topic = topic
         self.merged_offsets: dict[int, int] = {}  # per partition: every record before merged
         self.snapshot_keys_loaded = 0
+        # Peers (base URLs) asked for their state at bootstrap when no file was loaded.
+        self.bootstrap_from = tuple(bootstrap_from)
+        self.admin_token = admin_token
         # Partition-affine consumption (--replicas N): the partitions read (None: all), the
         # ones wanted next (applied between two fetches), and those being read to the end
         # offset taken when they were assigned (no answers for their users meanwhile).
@@ -163,8 +168,9 @@ class Replicator:
         # First the clock: every state below (epochs, seal points) follows it.
         await self._probe_clock()
         self.engine.set_bootstrapping(True, self.clock())
-        if self.snapshot_file is not None:
-            await self._load_snapshot(self.snapshot_file)
+        loaded = self.snapshot_file is not None and await self._load_snapshot(self.snapshot_file)
+        if not loaded and self.bootstrap_from:
+            await self._load_from_peers(timeout_s / 2)  # the rest is left to read the topic
         ends = await self.log.end_offsets()
         count = 0
         try:
@@ -266,13 +272,15 @@ class Replicator:
         for listener in self.ready_listeners:
             listener()
 
-    async def _load_snapshot(self, path: Path) -> None:
-        """Load the state of the last graceful stop, then read the topic from its offsets."""
+    async def _load_snapshot(self, path: Path) -> bool:
+        """Load the state of the last graceful stop, then read the topic from its offsets;
+        False when there is no usable file."""
         started = time.monotonic()
         found = snapshot.read_snapshot(path, self.topic, self.log.partitions)
         if found is None:
-            return
+            return False
         self.snapshot_keys_loaded = snapshot.load_snapshot(found, self.engine)
+        self.metrics.bootstrap_keys_loaded.labels(source="file").set(self.snapshot_keys_loaded)
         await self.log.seek(found.offsets)
         self.merged_offsets = dict(found.offsets)
         log.info(
@@ -281,6 +289,54 @@ class Replicator:
             path,
             time.monotonic() - started,
         )
+        return True
+
+    async def _load_from_peers(self, timeout_s: float) -> None:
+        """Load a live peer's state (the first of `bootstrap_from` to hand it over), then
+        read the topic from the offsets it covers. A peer that refuses, or fails before
+        anything is loaded, passes the turn to the next; one that fails after keys were
+        loaded ends the handoff: those keys stay (real consumption) and the whole topic is
+        read, as another peer's offsets need not cover them."""
+        handoffs = self.metrics.handoffs
+        for peer in self.bootstrap_from:
+            started = time.monotonic()
+            try:
+                got = await handoff.load_from_peer(
+                    peer,
+                    self.admin_token,
+                    self.engine,
+                    self.topic,
+                    self.log.partitions,
+                    timeout_s,
+                )
+            except handoff.HandoffError as exc:
+                if not exc.loaded:
+                    handoffs.labels(outcome="refused").inc()
+                    log.warning("bootstrap: %s handed over no state: %s", peer, exc)
+                    continue
+                handoffs.labels(outcome="cut").inc()
+                log.warning(
+                    "bootstrap: the state of %s failed after %d keys (kept): %s; reading the "
+                    "whole topic",
+                    peer,
+                    exc.loaded,
+                    exc,
+                )
+                return
+            handoffs.labels(outcome="loaded").inc()
+            self.snapshot_keys_loaded = got.keys
+            self.metrics.bootstrap_keys_loaded.labels(source="peer").set(got.keys)
+            await self.log.seek(got.offsets)
+            self.merged_offsets = dict(got.offsets)
+            log.info(
+                "loaded %d keys from %s (replica %s) in %.2fs; reading the topic from its offsets",
+                got.keys,
+                peer,
+                got.writer,
+                time.monotonic() - started,
+            )
+            return
+        log.warning("bootstrap: no peer handed over its state; reading the whole topic")
 
     def write_snapshot(self) -> None:
         """Write the state and the offsets it covers to the snapshot file (at stop)."""

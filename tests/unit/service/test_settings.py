@@ -187,3 +187,26 @@ def test_a_state_dir_is_refused_with_replicas_n_at_start() -> None:
     with pytest.raises(ConfigError, match=r"invalid setting state_dir .*--replicas N"):
         load_settings(kafka="127.0.0.1:9092", replicas="2", state_dir="/tmp/never-used")
     load_settings(kafka="127.0.0.1:9092", replicas="all", state_dir="/tmp/never-used")
+
+
+def test_bootstrap_from_lists_peer_urls_and_needs_kafka_and_the_admin_token() -> None:
+    token = "0123456789abcdef"
+    settings = load_settings(
+        kafka="127.0.0.1:9092",
+        admin_token=token,
+        bootstrap_from="http://10.0.0.1:8000/, https://peer-2.example:8443",
+    )
+    assert settings.bootstrap_peers == ("http://10.0.0.1:8000", "https://peer-2.example:8443")
+    assert load_settings(kafka="127.0.0.1:9092").bootstrap_peers == ()
+    flag = r"invalid setting bootstrap_from \(--bootstrap-from / RATELIMITER_BOOTSTRAP_FROM\)"
+    for bad in ("10.0.0.1:8000", "http://10.0.0.1", "ftp://a:1", "http://a:1/v1/state"):
+        with pytest.raises(ConfigError, match=flag):
+            load_settings(kafka="127.0.0.1:9092", admin_token=token, bootstrap_from=bad)
+    with pytest.raises(ConfigError, match=flag + ".*--admin-token"):
+        load_settings(kafka="127.0.0.1:9092", bootstrap_from="http://a:1")
+    with pytest.raises(ConfigError, match=flag + ".*--kafka"):
+        load_settings(kafka="none", admin_token=token, bootstrap_from="http://a:1")
+    with pytest.raises(ConfigError, match=flag + ".*--replicas N"):
+        load_settings(
+            kafka="127.0.0.1:9092", admin_token=token, bootstrap_from="http://a:1", replicas="2"
+        )
