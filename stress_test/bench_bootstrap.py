@@ -17,9 +17,10 @@ from service.replication.codec import partition_for_user
 from service.replication.statelog import KafkaStateLog, OutRecord
 from service.replication.topic import ensure_state_topic
 from service.settings import Settings
+from stress_test.bench_distinct import histogram_delta, lag_summary
 from stress_test.bench_processes import (
-    NODE_LIMIT,
     BenchError,
+    buckets,
     node,
     pid_of,
     profiled,
@@ -29,6 +30,11 @@ from stress_test.bench_processes import (
 from stress_test.bench_run import Bench
 
 PARTITIONS = 12  # the node's default
+# One admission per user refills in 1,000 s: every user's key is still in use (not idle,
+# so not swept) while the readers start, and a peer hands all of them over.
+RATE, BURST = 0.001, 20
+HANDOFF_TOKEN = "bench-handoff-token-0123456789"  # noqa: S105 - a throwaway local node's
+LOOP_LAG = "ratelimiter_event_loop_lag_seconds"
 CHUNK = 25_000  # users admitted between two flushes of the writer
 FLUSH_ATTEMPTS = 5
 SHAPES = {
@@ -46,7 +52,7 @@ async def write_state(kafka: str, topic: str, users: int, shape: str) -> dict[st
     # A fresh topic's leaders are still being elected: aiokafka logs an error and retries.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     settings = Settings(
-        node_id="bench-writer", kafka=kafka, topic=topic, rate=10, burst=20,
+        node_id="bench-writer", kafka=kafka, topic=topic, rate=RATE, burst=BURST,
         partitions=PARTITIONS, max_keys=users + 1000, max_buffered_keys=users + 1000,
         rules_topic="none",  # no rules feed: the writer only publishes state
     )  # fmt: skip
@@ -144,12 +150,29 @@ def restart_state(bench: Bench, topic: str, args: list[str]) -> dict[str, Any]:
     }
 
 
+def handoff_state(bench: Bench, topic: str, args: list[str]) -> dict[str, Any]:
+    """A peer reads `topic` and serves; a new node started with --bootstrap-from it loads
+    the peer's state (GET /v1/state) and reads the topic only from the offsets it covers.
+    The peer's event-loop lag while it streams is read from its /metrics."""
+    with_token = [*args, "--admin-token", HANDOFF_TOKEN]
+    peer_args = [*with_token, "--topic", topic]
+    with node("bench-peer", bench.kafka(), peer_args, bench.work_dir, 300) as peer:
+        before = scrape(peer.url)
+        joined = read_state(
+            bench, topic, [*with_token, "--bootstrap-from", peer.url], "bench-joiner"
+        )
+        after = scrape(peer.url)
+    lag = histogram_delta(buckets(before, LOOP_LAG), buckets(after, LOOP_LAG))
+    return {**joined, "peer_event_loop_lag": lag_summary(lag)}
+
+
 def run_bootstrap(bench: Bench) -> dict[str, Any]:
     """Time a node on an empty topic, then on topics holding `bootstrap_users` users' state
     in each shape; the target is judged on the `as_written` one (the larger)."""
     users = int(bench.args.bootstrap_users)
     kafka = bench.kafka()
-    args = [*NODE_LIMIT, "--log-level", "warning", "--max-keys", str(users + 1000)]
+    limit = ["--rate", str(RATE), "--burst", str(BURST)]
+    args = [*limit, "--log-level", "warning", "--max-keys", str(users + 1000)]
     started = time.monotonic()
     with node("bench-empty", kafka, [*args, "--topic", bench.fresh_topic("empty")], bench.work_dir):
         empty_ready_s = time.monotonic() - started
@@ -163,6 +186,8 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
         if shape == "as_written":
             bench.say("restarting a node with --state-dir on the same topic ...")
             shapes["restart_with_snapshot_file"] = restart_state(bench, topic, args)
+            bench.say("starting a new node with --bootstrap-from a peer on the same topic ...")
+            shapes["new_node_from_peer"] = handoff_state(bench, topic, args)
     first = shapes["as_written"]
     return {
         "users": users,
@@ -174,8 +199,14 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
         + [
             "ready_after_s: node spawn to /readyz 200 (Python start, topic check, read to "
             "the end offsets); empty_topic_ready_after_s is the same on an empty topic",
+            f"limits: --rate {RATE} --burst {BURST} for the writer and every reader, so no "
+            "key is idle (and swept) before the last reader starts",
             "restart_with_snapshot_file: a node with --state-dir on the as_written topic, "
             "stopped gracefully (stop_s includes writing the file), then started again: it "
             "loads the file and reads the topic from the offsets the file records",
+            "new_node_from_peer: a new node with --bootstrap-from a live peer that read the "
+            "as_written topic: it streams the peer's state (GET /v1/state) and reads the topic "
+            "from the offsets that state covers; peer_event_loop_lag is the peer's own lag "
+            "while the new node started (bucket bounds)",
         ],
     }
