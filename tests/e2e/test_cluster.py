@@ -108,3 +108,40 @@ def test_kill_and_restart_with_the_same_node_id_loses_nothing(
         final = key_view(client, b, "carol")["contributions"]
         for replica, value in before.items():
             assert final.get(replica, 0) >= value, "a counter went backwards"
+
+
+def test_a_new_node_started_from_a_peer_decides_as_one_that_read_the_topic(
+    spawn: Spawn, kafka_bootstrap: str, topic: str
+) -> None:
+    # A token every 20 s: what each user has left stays put while the nodes start.
+    token = "e2e-admin-token-0123456789"
+    args = ("--topic", topic, "--rate", "0.05", "--burst", "20", "--admin-token", token)
+    a = spawn("a", kafka_bootstrap, *args)
+    b = spawn("b", kafka_bootstrap, *args)
+    users = [f"user-{i}" for i in range(30)]
+    with httpx.Client() as client:
+        for i, user in enumerate(users):
+            for _ in range(1 + i % 5):
+                assert protected(client, a, user) == 200
+            assert protected(client, b, user) == 200
+        wait_until(
+            lambda: all(
+                key_view(client, a, u)["consumed"] == 2 + i % 5 for i, u in enumerate(users)
+            ),
+            5,
+            "a merged b's admissions",
+        )
+        joined = spawn("joined", kafka_bootstrap, *args, "--bootstrap-from", a.url)
+        fresh = spawn("fresh", kafka_bootstrap, *args)  # reads the whole topic
+        metrics = client.get(f"{joined.url}/metrics").text
+        assert 'ratelimiter_bootstrap_handoffs_total{outcome="loaded"} 1.0' in metrics
+        assert f'ratelimiter_bootstrap_keys_loaded{{source="peer"}} {len(users)}.0' in metrics
+        for i, user in enumerate(users):
+            mine, theirs = key_view(client, joined, user), key_view(client, fresh, user)
+            assert mine["consumed"] == theirs["consumed"] == 2 + i % 5
+            assert mine["contributions"] == theirs["contributions"]
+        # And it enforces them: users[4] consumed 6 of 20, so 14 more (+1 refilled at
+        # most), not a fresh 20.
+        codes = [protected(client, joined, users[4]) for _ in range(20)]
+        assert 14 <= codes.count(200) <= 15
+        assert codes[-1] == 429
