@@ -27,10 +27,20 @@ log = logging.getLogger("ratelimiter.node")
 
 REGIONS_S = 0.1  # how often remote regions' freshness is looked at
 SWEEP_INTERVAL_S = 0.25
-SWEEP_BUDGET = 20_000  # keys looked at per sweep ...
+SWEEP_PASS_S = 2.0  # every key is looked at about this often ...
+SWEEP_BUDGET = 20_000  # ... looking at most at this many keys per sweep ...
 SWEEP_SLICE = 1_000  # ... a slice at a time, yielding to the event loop in between
 RETRY_S = 1.0
 OUTCOMES = ("admitted", "denied", "shadow_denied")
+
+
+def sweep_slices(tracked: int) -> int:
+    """Slices of the next sweep: enough to look at every key once per SWEEP_PASS_S, at
+    least one and at most SWEEP_BUDGET keys. Looking more often only costs CPU (20,000
+    keys every 0.25 s was 9 % of a synced node's samples with 33,000 keys held); an idle
+    key is deleted at most a pass later, which only holds its memory that much longer."""
+    wanted = min(SWEEP_BUDGET, math.ceil(tracked * SWEEP_INTERVAL_S / SWEEP_PASS_S))
+    return max(1, math.ceil(wanted / SWEEP_SLICE))
 
 
 class Node:
@@ -396,7 +406,7 @@ class Node:
                 # Sealing follows the clock and never moves back: wait until bootstrap has
                 # measured the clock against the broker (and corrected it).
                 continue
-            for _ in range(SWEEP_BUDGET // SWEEP_SLICE):
+            for _ in range(sweep_slices(self.engine.tracked_keys())):
                 self.maintain(SWEEP_SLICE)
                 await asyncio.sleep(0)
 
