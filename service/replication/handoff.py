@@ -284,13 +284,7 @@ def bucket_row(row: Any) -> Any:
             elif type(floor) not in _NUM:
                 raise TypeError(f"{floor!r} is not a number")
             if len(row) == 6:
-                remote = row[5]
-                if remote is not None:
-                    if type(remote) is not dict:
-                        raise TypeError(f"{remote!r} is not an object of cells")
-                    for replica, cell in remote.items():
-                        if type(cell) not in _NUM or not replica:
-                            raise ValueError(f"bad cell {replica!r}: {cell!r}")
+                _cells(row[5])
             return row
     return _bucket_row(row)
 

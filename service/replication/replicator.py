@@ -163,7 +163,8 @@ class Replicator:
     # -- lifecycle -------------------------------------------------------------
 
     async def bootstrap(self, timeout_s: float) -> int:
-        """Read every partition to the end offsets taken now; returns records read."""
+        """Read every partition to the end offsets taken now (from the offsets of the
+        snapshot file or of a peer's state, when one was loaded); returns records read."""
         started = time.monotonic()
         # First the clock: every state below (epochs, seal points) follows it.
         await self._probe_clock()
@@ -279,17 +280,24 @@ class Replicator:
         found = snapshot.read_snapshot(path, self.topic, self.log.partitions)
         if found is None:
             return False
-        self.snapshot_keys_loaded = snapshot.load_snapshot(found, self.engine)
-        self.metrics.bootstrap_keys_loaded.labels(source="file").set(self.snapshot_keys_loaded)
-        await self.log.seek(found.offsets)
-        self.merged_offsets = dict(found.offsets)
+        keys = snapshot.load_snapshot(found, self.engine)
+        await self._start_from("file", str(path), keys, found.offsets, started)
+        return True
+
+    async def _start_from(
+        self, source: str, where: str, keys: int, offsets: dict[int, int], started: float
+    ) -> None:
+        """Read the topic on from `offsets`, which the `keys` just loaded cover."""
+        self.snapshot_keys_loaded = keys
+        self.metrics.bootstrap_keys_loaded.labels(source=source).set(keys)
+        await self.log.seek(offsets)
+        self.merged_offsets = dict(offsets)
         log.info(
             "loaded %d keys from %s in %.2fs; reading the topic from its offsets",
-            self.snapshot_keys_loaded,
-            path,
+            keys,
+            where,
             time.monotonic() - started,
         )
-        return True
 
     async def _load_from_peers(self, timeout_s: float) -> None:
         """Load a live peer's state (the first of `bootstrap_from` to hand it over), then
@@ -324,17 +332,8 @@ class Replicator:
                 )
                 return
             handoffs.labels(outcome="loaded").inc()
-            self.snapshot_keys_loaded = got.keys
-            self.metrics.bootstrap_keys_loaded.labels(source="peer").set(got.keys)
-            await self.log.seek(got.offsets)
-            self.merged_offsets = dict(got.offsets)
-            log.info(
-                "loaded %d keys from %s (replica %s) in %.2fs; reading the topic from its offsets",
-                got.keys,
-                peer,
-                got.writer,
-                time.monotonic() - started,
-            )
+            where = f"{peer} (replica {got.writer})"
+            await self._start_from("peer", where, got.keys, got.offsets, started)
             return
         log.warning("bootstrap: no peer handed over its state; reading the whole topic")
 
