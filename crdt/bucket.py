@@ -17,8 +17,43 @@ their effect lives in the next epoch's cascaded floor.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NoReturn
 
 NEG_INF = float("-inf")
+
+
+class _Empty(Mapping[str, Any]):
+    """The one read-only empty mapping (copies are itself): it has no item to set."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> NoReturn:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __copy__(self) -> _Empty:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Empty:
+        return self
+
+    def __reduce__(self) -> str:
+        return "EMPTY"
+
+
+EMPTY = _Empty()
+# Shared, read-only empties: most keys with an Extra (a peer's cells) never hold an older
+# epoch, a sealed total or a late mark, and three empty containers per key were 230 bytes
+# and three more objects for the cyclic GC to scan. Writers take their own first
+# (`Extra.older_()` and the like); a write that does not fails on these, and mypy (they
+# are typed Sequence and Mapping) flags it first.
+_NO_EPOCHS: tuple[Epoch, ...] = ()
 
 
 class Epoch:
@@ -50,8 +85,8 @@ class Extra:
         self.remote: dict[str, int] | None = None
         self.own_n = 0
         self.remote_n: dict[str, int] | None = None
-        self.older: list[Epoch] = []
-        self.sealed: dict[str, int] = {}
+        self.older: Sequence[Epoch] = _NO_EPOCHS  # written through older_()
+        self.sealed: Mapping[str, int] = EMPTY  # written through sealed_()
         # Cascaded TAT at the end of the folded history: where an epoch that is still
         # open but was not held yet (its first cells arrive after an earlier epoch was
         # sealed) starts its fold. Without it, a peer's concurrent consumption in that
@@ -59,12 +94,33 @@ class Extra:
         self.base = NEG_INF
         # replica -> (epoch, net cell) of its newest cell already folded away: makes
         # entries arriving after their epoch was sealed idempotent (absolute values).
-        self.late: dict[str, tuple[int, int]] = {}
+        self.late: Mapping[str, tuple[int, int]] = EMPTY  # written through late_()
+
+    def older_(self) -> list[Epoch]:
+        """The older epochs, to change."""
+        older = self.older
+        if type(older) is not list:
+            older = self.older = list(older)
+        return older
+
+    def sealed_(self) -> dict[str, int]:
+        """The sealed totals, to change."""
+        sealed = self.sealed
+        if type(sealed) is not dict:
+            sealed = self.sealed = dict(sealed)
+        return sealed
+
+    def late_(self) -> dict[str, tuple[int, int]]:
+        """The late marks, to change."""
+        late = self.late
+        if type(late) is not dict:
+            late = self.late = dict(late)
+        return late
 
     def fold(self, e: int, cells: dict[str, int], refunds: dict[str, int] | None) -> None:
         """Remember a sealed epoch's cells in the totals and the late marks."""
-        fold_totals(self.sealed, cells, refunds)
-        late = self.late
+        fold_totals(self.sealed_(), cells, refunds)
+        late = self.late_()
         for r in cells.keys() | (refunds.keys() if refunds else set()):
             mark = late.get(r)
             if mark is None or mark[0] < e:
@@ -117,7 +173,7 @@ class KeyState:
         if cells or refunds:
             if self.e > seal:
                 x = self.extra()
-                x.older.append(Epoch(self.e, self.floor, cells, refunds or None, self.used))
+                x.older_().append(Epoch(self.e, self.floor, cells, refunds or None, self.used))
             else:
                 x = self.extra()
                 # Older epochs are sealed too (they precede this one): fold them first,
@@ -167,7 +223,7 @@ class KeyState:
             before = older[index - 1] if index else None
             start = before.floor + before.used * interval if before is not None else x.base
             target = Epoch(epoch, start, {}, None, 0)
-            older.insert(index, target)
+            x.older_().insert(index, target)
         else:
             return self._merge_late(replica, epoch, floor, p - n, interval)
         changed = False
@@ -221,7 +277,7 @@ class KeyState:
             return 0  # older than a cell of this writer already folded: seen before
         new = net - mark[1] if mark is not None and mark[0] == epoch else net
         if mark is None or mark[0] < epoch or net > mark[1]:
-            x.late[replica] = (epoch, net)
+            x.late_()[replica] = (epoch, net)
         if new <= 0:
             return 0
         debt = new * interval
@@ -229,7 +285,8 @@ class KeyState:
         for o in x.older:
             o.floor += debt
         self.floor = max(self.floor, floor) + debt
-        x.sealed[replica] = x.sealed.get(replica, 0) + new
+        sealed = x.sealed_()
+        sealed[replica] = sealed.get(replica, 0) + new
         return new
 
     def cascade(self, index: int, interval: float) -> None:
@@ -252,7 +309,7 @@ class KeyState:
         x = self.x
         if x is None or not x.older or x.older[0].e > seal:
             return 0
-        older = x.older
+        older = x.older_()
         count = 0
         while count < len(older) and older[count].e <= seal:
             o = older[count]
@@ -260,7 +317,10 @@ class KeyState:
             count += 1
         last = older[count - 1]
         x.base = max(x.base, last.floor + last.used * interval)
-        del older[:count]
+        if count == len(older):
+            x.older = _NO_EPOCHS  # the usual case: give the empty list back
+        else:
+            del older[:count]
         return count
 
     def open_epochs(self) -> int:

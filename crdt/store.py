@@ -529,7 +529,8 @@ class BucketStore:
                 rows.append((key, st.e, st.floor, st.used, st.own, x.remote))
                 continue
             older = [(o.e, o.floor, o.cells, o.refunds, o.used) for o in x.older]
-            extra = (x.remote, x.own_n, x.remote_n, older, x.sealed, x.base, x.late)
+            # Plain dicts: the shared empties (read-only mappings) are not marshal-able.
+            extra = (x.remote, x.own_n, x.remote_n, older, dict(x.sealed), x.base, dict(x.late))
             rows.append((key, st.e, st.floor, st.used, st.own, *extra))
         return rows
 
@@ -556,8 +557,13 @@ class BucketStore:
                 x = st.x = Extra()
                 x.remote = remote or None
                 x.remote_n = remote_n or None
-                x.older = [Epoch(*o) for o in older]
-                x.sealed, x.base, x.late = sealed, base, late
+                if older:
+                    x.older = [Epoch(*o) for o in older]
+                if sealed:
+                    x.sealed = sealed
+                if late:
+                    x.late = late
+                x.base = base
             if own or own_n:
                 x = st.extra()
                 if own:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from crdt.bucket import EMPTY
 from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
 from crdt.policy import BucketPolicy, SyncTiming
@@ -760,3 +761,28 @@ def test_exported_state_loads_into_a_new_replica_with_the_same_views(
             (delta,) = [d for d in new.flush(now) if d.key == key]
             assert delta.replica == "restarted"
             assert delta.entries[-1].p == 1
+
+
+def test_a_key_with_only_peers_cells_shares_the_empty_history_containers() -> None:
+    """The common synced key (a peer's cells in the newest epoch) allocates no list or
+    dict for history it does not have; the first epoch it holds or seals takes its own."""
+    store = BucketStore(BucketPolicy(1.0, 20), "me", SyncTiming(1.0, 3.0))
+    store.apply(Delta("k", "peer", (Entry(1000, 1000.0, 1, 0),)), 1000.5)
+    x = store._keys["k"].x
+    assert x is not None
+    assert x.remote == {"peer": 1}
+    assert x.older == ()
+    assert x.sealed is EMPTY
+    assert x.late is EMPTY
+    store.apply(Delta("k", "peer", (Entry(1001, 1001.0, 2, 0),)), 1001.5)  # a second epoch
+    assert type(x.older) is list
+    assert len(x.older) == 1
+    other = BucketStore(BucketPolicy(1.0, 20), "me", SyncTiming(1.0, 3.0))
+    other.apply(Delta("j", "peer", (Entry(1000, 1000.0, 1, 0),)), 1000.5)
+    held = other._keys["j"].x
+    assert held is not None
+    assert held.older == ()
+    assert held.sealed is EMPTY, "the first key's history is its own"
+    store.sweep(1010.0)  # epoch 1000 sealed: folded into the totals, the list given back
+    assert x.older == ()
+    assert x.sealed == {"peer": 1}  # epoch 1001 stays the newest
