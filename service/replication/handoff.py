@@ -120,7 +120,11 @@ async def _read(url: str, token: str, loader: _Loader, timeout_s: float) -> None
                 lines = (pending + data).split(b"\n")
                 pending = lines.pop()
                 for line in lines:
-                    loader.line(_parse(line))
+                    try:
+                        loader.line(_parse(line))
+                    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                        # Whatever the checks did not name: still the peer's bad line.
+                        raise HandoffError(f"a malformed line: {exc!r}") from exc
     except (httpx.HTTPError, OSError) as exc:
         raise HandoffError(f"reading the stream failed: {exc!r}") from exc
     except TimeoutError as exc:
@@ -166,10 +170,13 @@ class _Loader:
         if not isinstance(limits, dict) or not isinstance(offsets, dict):
             raise HandoffError("the header has no limiters or offsets")
         for p, offset in offsets.items():
-            if not (p.isdigit() and int(p) < partitions and type(offset) is int and offset >= 0):
+            if not (p.isascii() and p.isdigit() and int(p) < partitions) or not (
+                type(offset) is int and offset >= 0
+            ):
                 raise HandoffError(f"bad offset {offset!r} for partition {p!r}")
             self.offsets[int(p)] = offset
-        # Limiters kept under other limits here (rules changed) start from the topic.
+        # A limiter kept under other limits here (its rule changed) is skipped: its keys
+        # start full, as in any change of a rule's limits (and as with the snapshot file).
         for name, kept in limits.items():
             limiter = self.engine.limiters.get(name)
             if limiter is not None and limits_of(limiter) == kept:

@@ -324,6 +324,8 @@ async def test_malformed_or_foreign_streams_are_refused_with_nothing_wrong_loade
         "another version": [with_header(v=99), end(0)],
         "its own writer": [with_header(writer="{replica}"), end(0)],
         "an offset past the partitions": [with_header(offsets={"7": 1}), end(0)],
+        "a partition in other digits": [with_header(offsets={"\u00b2": 1}), end(0)],
+        "a negative offset": [with_header(offsets={"1": -1}), end(0)],
         "a string where a number goes": [good[0], chunk([row[0], "1", *row[2:]]), end(1)],
         "a row too short": [good[0], chunk(row[:3]), end(1)],
         "a bool epoch": [good[0], chunk([row[0], True, *row[2:]]), end(1)],
