@@ -137,6 +137,7 @@ class Replicator:
         # Peers (base URLs) asked for their state at bootstrap when no file was loaded.
         self.bootstrap_from = tuple(bootstrap_from)
         self.admin_token = admin_token
+        self._peers_asked = False
         # Partition-affine consumption (--replicas N): the partitions read (None: all), the
         # ones wanted next (applied between two fetches), and those being read to the end
         # offset taken when they were assigned (no answers for their users meanwhile).
@@ -170,7 +171,11 @@ class Replicator:
         await self._probe_clock()
         self.engine.set_bootstrapping(True, self.clock())
         loaded = self.snapshot_file is not None and await self._load_snapshot(self.snapshot_file)
-        if not loaded and self.bootstrap_from:
+        if not loaded and self.bootstrap_from and not self._peers_asked:
+            # Once only: a bootstrap started again (the connect task restarted after a
+            # broker error) reads on from where the first stopped, which its state
+            # covers; a later peer's offsets would skip records its keys lack.
+            self._peers_asked = True
             await self._load_from_peers(timeout_s / 2)  # the rest is left to read the topic
         ends = await self.log.end_offsets()
         count = 0
