@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from crdt.bucket import NEG_INF, Epoch, Extra, KeyState
 from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
 from crdt.policy import EPS_TIME, BucketPolicy, SyncTiming, finite_time, positive_int
+
+S = TypeVar("S")  # a store's per-key state
+
+
+def take_marks(dirty: set[str], limit: int | None) -> tuple[Iterable[str], set[str]]:
+    """(keys taken, keys left marked) of a flush: every marked key, or `limit` of them
+    when more are marked (the rest stay for the next call)."""
+    if limit is None or len(dirty) <= limit:
+        return dirty, set()
+    return [dirty.pop() for _ in range(limit)], dirty
+
+
+def held_states(held: Mapping[str, S], keys: Iterable[str] | None) -> Iterable[tuple[str, S]]:
+    """(key, state) of every held key, or of those of `keys` still held."""
+    return held.items() if keys is None else ((k, held[k]) for k in keys if k in held)
 
 
 class KeyView(NamedTuple):
@@ -234,14 +249,8 @@ class BucketStore:
         # exactly once more after the epoch ends, and never again (receivers may seal it
         # later). While keys stay marked it stays put: their writes may be that old.
         since = min(self._flushed_epoch, self._e_now)
-        dirty = self._dirty
-        taken: Iterable[str]
-        if limit is None or len(dirty) <= limit:
-            self._flushed_epoch = self._e_now
-            taken, self._dirty = dirty, set()
-        else:
-            self._flushed_epoch = since
-            taken = [dirty.pop() for _ in range(limit)]
+        taken, self._dirty = take_marks(self._dirty, limit)
+        self._flushed_epoch = since if self._dirty else self._e_now
         if not deltas:
             return []
         keys = self._keys
@@ -517,9 +526,7 @@ class BucketStore:
         dicts, floats and ints (marshal-able): what a restarted or new node loads with
         `import_keys` instead of re-reading the topic."""
         rows: list[tuple[Any, ...]] = []
-        held = self._keys
-        pairs = held.items() if keys is None else ((k, held[k]) for k in keys if k in held)
-        for key, st in pairs:
+        for key, st in held_states(self._keys, keys):
             x = st.x
             if x is None:
                 rows.append((key, st.e, st.floor, st.used, st.own))

@@ -17,7 +17,7 @@ from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
 from crdt.periods import FixedPeriods, Periods
 from crdt.policy import WindowPolicy, finite_time, positive_int
-from crdt.store import KeyBudget, KeyView, StoreStats
+from crdt.store import KeyBudget, KeyView, StoreStats, held_states, take_marks
 
 
 class WindowState:
@@ -182,12 +182,7 @@ class WindowStore:
         them (the rest stay marked for the next call); `deltas=False` clears the marks
         without building any (a replica with no peers)."""
         out, self._pending = self._pending, []
-        dirty = self._dirty
-        taken: Iterable[str]
-        if limit is None or len(dirty) <= limit:
-            taken, self._dirty = dirty, set()
-        else:
-            taken = [dirty.pop() for _ in range(limit)]
+        taken, self._dirty = take_marks(self._dirty, limit)
         if not deltas:
             return []
         for key in taken:
@@ -356,11 +351,9 @@ class WindowStore:
     def export_keys(self, keys: Iterable[str] | None = None) -> list[tuple[Any, ...]]:
         """Every key's windows (or those of `keys` still held) as plain tuples and dicts
         (see BucketStore.export_keys)."""
-        held = self._keys
-        pairs = held.items() if keys is None else ((k, held[k]) for k in keys if k in held)
         return [
             (key, st.cur, st.cur_cells, st.cur_used, st.prev_cells, st.prev_used)
-            for key, st in pairs
+            for key, st in held_states(self._keys, keys)
         ]
 
     def import_keys(self, rows: list[tuple[Any, ...]], writer: str) -> int:

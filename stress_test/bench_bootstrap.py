@@ -17,10 +17,11 @@ from service.replication.codec import partition_for_user
 from service.replication.statelog import KafkaStateLog, OutRecord
 from service.replication.topic import ensure_state_topic
 from service.settings import Settings
-from stress_test.bench_distinct import histogram_delta, lag_summary
 from stress_test.bench_processes import (
     BenchError,
     buckets,
+    histogram_delta,
+    lag_summary,
     node,
     pid_of,
     profiled,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -30,16 +29,16 @@ from typing import Any
 from service.errors import RateLimiterError
 from service.local.broker import LocalBroker
 from service.local.nodes import NodeProcess
-from stress_test.bench_half import per_bucket
 from stress_test.bench_processes import (
     NODE_LIMIT,
     BenchError,
     Samples,
     WrkResult,
     add_wrk_options,
-    bucket_quantile,
     buckets,
     cpu_seconds,
+    histogram_delta,
+    lag_summary,
     node,
     pid_of,
     run_wrk,
@@ -154,13 +153,6 @@ def parse_statuses(text: str) -> dict[str, int]:
     return out
 
 
-def histogram_delta(
-    before: Mapping[float, float], after: Mapping[float, float]
-) -> dict[float, float]:
-    """Cumulative bucket counts observed between two scrapes."""
-    return {bound: after[bound] - before.get(bound, 0.0) for bound in after}
-
-
 def add_counts(*counts: Mapping[Any, float]) -> dict[Any, float]:
     """The key-wise sum of several count dicts (histogram deltas, counters)."""
     out: dict[Any, float] = {}
@@ -168,26 +160,6 @@ def add_counts(*counts: Mapping[Any, float]) -> dict[Any, float]:
         for key, value in one.items():
             out[key] = out.get(key, 0.0) + value
     return out
-
-
-def _ms_bound(seconds: float | None) -> float | str | None:
-    if seconds is None:
-        return None
-    return "+Inf" if math.isinf(seconds) else round(seconds * 1000, 3)
-
-
-def lag_summary(delta: Mapping[float, float]) -> dict[str, Any]:
-    """Event-loop lag over a window from its cumulative bucket delta: p50, p99 and max as the
-    upper bound (ms) of the bucket holding them ("+Inf" beyond the last bucket); max is the
-    smallest bound holding every observation."""
-    counts = dict(delta)
-    return {
-        "observations": round(counts.get(math.inf, 0.0)),
-        "p50_ms_bound": _ms_bound(bucket_quantile({}, counts, 0.5)),
-        "p99_ms_bound": _ms_bound(bucket_quantile({}, counts, 0.99)),
-        "max_ms_bound": _ms_bound(bucket_quantile({}, counts, 1.0)),
-        "per_bucket_ms": per_bucket({}, counts),
-    }
 
 
 def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:

@@ -21,7 +21,10 @@ from stress_test.bench_processes import (
     bucket_quantile,
     buckets,
     cpu_seconds,
+    histogram_delta,
+    lag_summary,
     node,
+    per_bucket,
     pid_of,
     profiled,
     scrape,
@@ -149,19 +152,6 @@ def _ms(values_us: Sequence[float], q: float) -> float | None:
     return None if value is None else round(value / 1000, 3)
 
 
-def per_bucket(before: dict[float, float], after: dict[float, float]) -> dict[str, int]:
-    """Observations between two scrapes per bucket, keyed "<=bound ms" (not cumulative)."""
-    out: dict[str, int] = {}
-    below = 0.0
-    for bound in sorted(after):
-        cumulative = after[bound] - before.get(bound, 0.0)
-        if cumulative > below:
-            label = "+Inf" if math.isinf(bound) else f"<={bound * 1000:g}"
-            out[label] = round(cumulative - below)
-        below = cumulative
-    return out
-
-
 def _load(
     bench: Bench, nodes: dict[str, NodeProcess], rate: float, seconds: float
 ) -> dict[str, Any]:
@@ -202,17 +192,12 @@ def _load(
             "per_bucket_ms": per_bucket(b0, b1),
         }
     p99s = [v["p99_ms_bound"] for v in lag.values() if v["p99_ms_bound"] is not None]
-    loop_lag: dict[str, Any] = {}
-    for key in nodes:
-        b0, b1 = buckets(before[key], LOOP_LAG), buckets(after[key], LOOP_LAG)
-        bounds = {q: bucket_quantile(b0, b1, q) for q in (0.5, 0.99, 1.0)}
-        loop_lag[key] = {
-            "observations": round(b1.get(math.inf, 0) - b0.get(math.inf, 0)),
-            **{
-                f"{name}_ms_bound": None if v is None else v * 1000
-                for name, v in zip(("p50", "p99", "max"), bounds.values(), strict=True)
-            },
-        }
+    loop_lag = {
+        key: lag_summary(
+            histogram_delta(buckets(before[key], LOOP_LAG), buckets(after[key], LOOP_LAG))
+        )
+        for key in nodes
+    }
     return {
         "target_rps": round(rate, 1),
         "achieved_rps": round(len(from_send) / span, 1) if span > 0 else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import resource
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,46 @@ def bucket_quantile(
         return None
     rank = q * counts[-1]
     return next(b for b, c in zip(bounds, counts, strict=True) if c >= rank)
+
+
+def histogram_delta(
+    before: Mapping[float, float], after: Mapping[float, float]
+) -> dict[float, float]:
+    """Cumulative bucket counts observed between two scrapes."""
+    return {bound: after[bound] - before.get(bound, 0.0) for bound in after}
+
+
+def per_bucket(before: dict[float, float], after: dict[float, float]) -> dict[str, int]:
+    """Observations between two scrapes per bucket, keyed "<=bound ms" (not cumulative)."""
+    out: dict[str, int] = {}
+    below = 0.0
+    for bound in sorted(after):
+        cumulative = after[bound] - before.get(bound, 0.0)
+        if cumulative > below:
+            label = "+Inf" if math.isinf(bound) else f"<={bound * 1000:g}"
+            out[label] = round(cumulative - below)
+        below = cumulative
+    return out
+
+
+def _ms_bound(seconds: float | None) -> float | str | None:
+    if seconds is None:
+        return None
+    return "+Inf" if math.isinf(seconds) else round(seconds * 1000, 3)
+
+
+def lag_summary(delta: Mapping[float, float]) -> dict[str, Any]:
+    """Event-loop lag over a window from its cumulative bucket delta: p50, p99 and max as the
+    upper bound (ms) of the bucket holding them ("+Inf" beyond the last bucket); max is the
+    smallest bound holding every observation."""
+    counts = dict(delta)
+    return {
+        "observations": round(counts.get(math.inf, 0.0)),
+        "p50_ms_bound": _ms_bound(bucket_quantile({}, counts, 0.5)),
+        "p99_ms_bound": _ms_bound(bucket_quantile({}, counts, 0.99)),
+        "max_ms_bound": _ms_bound(bucket_quantile({}, counts, 1.0)),
+        "per_bucket_ms": per_bucket({}, counts),
+    }
 
 
 def cpu_seconds(pid: int) -> float:

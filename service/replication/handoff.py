@@ -52,7 +52,6 @@ class HandoffError(Exception):
 class Handoff(NamedTuple):
     """What a new node took from a peer."""
 
-    peer: str
     writer: str  # the peer's replica: its own cells are loaded as that peer's
     offsets: dict[int, int]  # per partition: every record before it is in the state loaded
     keys: int  # keys loaded
@@ -95,13 +94,13 @@ async def load_from_peer(
 ) -> Handoff:
     """Load the state `url` (a peer's base URL) streams into `engine`'s limiters; raises
     HandoffError when the stream is refused or unusable (what was loaded stays loaded)."""
-    loader = _Loader(url, engine, topic, partitions)
+    loader = _Loader(engine, topic, partitions)
     try:
         await _read(url, token, loader, timeout_s)
     except HandoffError as exc:
         exc.loaded = loader.keys
         raise
-    return Handoff(url, loader.writer, loader.offsets, loader.keys)
+    return Handoff(loader.writer, loader.offsets, loader.keys)
 
 
 async def _read(url: str, token: str, loader: _Loader, timeout_s: float) -> None:
@@ -143,8 +142,8 @@ def _parse(line: bytes) -> Any:
 class _Loader:
     """Checks the header line, then loads each chunk of rows as it arrives."""
 
-    def __init__(self, peer: str, engine: Engine, topic: str, partitions: int) -> None:
-        self.peer, self.engine, self.topic, self.partitions = peer, engine, topic, partitions
+    def __init__(self, engine: Engine, topic: str, partitions: int) -> None:
+        self.engine, self.topic, self.partitions = engine, topic, partitions
         self.writer = ""
         self.offsets: dict[int, int] = {}
         self.targets: dict[str, Limiter] = {}

@@ -18,8 +18,6 @@ from stress_test.bench_distinct import (
     add_counts,
     counter_deltas,
     gauges,
-    histogram_delta,
-    lag_summary,
     node_args,
     parse_args,
     parse_statuses,
@@ -29,7 +27,13 @@ from stress_test.bench_distinct import (
     summarize_runs,
     write_script,
 )
-from stress_test.bench_processes import WrkResult, parse_metrics, wrk_command
+from stress_test.bench_processes import (
+    WrkResult,
+    histogram_delta,
+    lag_summary,
+    parse_metrics,
+    wrk_command,
+)
 
 
 def lua_user_id(prefix: str, thread: int, n: int) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stress_test.bench_half import per_bucket, percentile
+from stress_test.bench_half import percentile
 from stress_test.bench_http import SECTIONS, parse_args, ratios_and_targets, render_table
 from stress_test.bench_processes import (
     WRK_DIR,
@@ -17,6 +17,7 @@ from stress_test.bench_processes import (
     buckets,
     parse_metrics,
     parse_wrk,
+    per_bucket,
     summarize,
     top_functions,
     total,
