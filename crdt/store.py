@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from crdt.bucket import NEG_INF, Epoch, Extra, KeyState
+from crdt.bucket import NEG_INF, Epoch, KeyState
 from crdt.delta import Delta, Entry
 from crdt.errors import InvalidParameter
 from crdt.policy import EPS_TIME, BucketPolicy, SyncTiming, finite_time, positive_int
@@ -529,15 +529,19 @@ class BucketStore:
         for key, st in held_states(self._keys, keys):
             x = st.x
             if x is None:
-                rows.append((key, st.e, st.floor, st.used, st.own))
+                if st.peer is None:
+                    rows.append((key, st.e, st.floor, st.used, st.own))
+                else:  # the common synced key: one peer's cell, a short row
+                    rows.append((key, st.e, st.floor, st.used, st.own, {st.peer: st.peer_p}))
                 continue
+            remote = st.remote_cells() or None
             if not (x.older or x.sealed or x.late or x.own_n or x.remote_n) and x.base == NEG_INF:
-                # The common shape (peers' cells in the newest epoch only): a short row.
-                rows.append((key, st.e, st.floor, st.used, st.own, x.remote))
+                # Peers' cells in the newest epoch only: a short row.
+                rows.append((key, st.e, st.floor, st.used, st.own, remote))
                 continue
             older = [(o.e, o.floor, o.cells, o.refunds, o.used) for o in x.older]
             # Plain dicts: the shared empties (read-only mappings) are not marshal-able.
-            extra = (x.remote, x.own_n, x.remote_n, older, dict(x.sealed), x.base, dict(x.late))
+            extra = (remote, x.own_n, x.remote_n, older, dict(x.sealed), x.base, dict(x.late))
             rows.append((key, st.e, st.floor, st.used, st.own, *extra))
         return rows
 
@@ -556,13 +560,17 @@ class BucketStore:
             st.floor, st.used = floor, used
             own_n = 0
             size = len(row)
-            if size == 6:
-                x = st.x = Extra()
-                x.remote = row[5] or None
-            elif size > 6:
-                remote, own_n, remote_n, older, sealed, base, late = row[5:]
-                x = st.x = Extra()
-                x.remote = remote or None
+            if size > 5:
+                remote = row[5]
+                if remote:
+                    if len(remote) == 1:
+                        ((st.peer, st.peer_p),) = remote.items()
+                    else:
+                        for replica, p in remote.items():
+                            st.put_remote(replica, p)
+            if size > 6:
+                own_n, remote_n, older, sealed, base, late = row[6:]
+                x = st.extra()
                 x.remote_n = remote_n or None
                 if older:
                     x.older = [Epoch(*o) for o in older]
@@ -571,12 +579,11 @@ class BucketStore:
                 if late:
                     x.late = late
                 x.base = base
-            if own or own_n:
+            if own:
+                st.put_remote(writer, own)
+            if own_n:
                 x = st.extra()
-                if own:
-                    x.remote = {**(x.remote or {}), writer: own}
-                if own_n:
-                    x.remote_n = {**(x.remote_n or {}), writer: own_n}
+                x.remote_n = {**(x.remote_n or {}), writer: own_n}
             keys[key] = st
             loaded += 1
         self.budget.used += loaded

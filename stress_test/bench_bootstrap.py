@@ -27,6 +27,7 @@ from stress_test.bench_processes import (
     profiled,
     scrape,
     total,
+    vm_rss_mb,
 )
 from stress_test.bench_run import Bench
 
@@ -112,10 +113,12 @@ def read_state(
         name, port or free_port(), bench.kafka(), [*args, "--topic", topic], bench.work_dir
     )
     try:
-        with profiled(pid_of(reader.start()), bench.args.profile, name, profile):
+        pid = pid_of(reader.start())
+        with profiled(pid, bench.args.profile, name, profile):
             reader.wait_ready(300)
             ready_s = time.monotonic() - started
         samples = scrape(reader.url)
+        rss_mb = vm_rss_mb(pid)
     finally:
         stopping = time.monotonic()
         reader.stop(timeout_s=120)
@@ -131,6 +134,7 @@ def read_state(
         "deltas_applied": int(deltas),
         "deltas_per_s": round(deltas / seconds) if seconds else None,
         "tracked_keys_at_ready": int(total(samples, "ratelimiter_tracked_keys") or 0),
+        "rss_mb_at_ready": round(rss_mb, 1),
         "stop_s": round(stop_s, 2),
         **profile,
     }
@@ -175,8 +179,11 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
     limit = ["--rate", str(RATE), "--burst", str(BURST)]
     args = [*limit, "--log-level", "warning", "--max-keys", str(users + 1000)]
     started = time.monotonic()
-    with node("bench-empty", kafka, [*args, "--topic", bench.fresh_topic("empty")], bench.work_dir):
+    with node(
+        "bench-empty", kafka, [*args, "--topic", bench.fresh_topic("empty")], bench.work_dir
+    ) as empty:
         empty_ready_s = time.monotonic() - started
+        empty_rss_mb = vm_rss_mb(pid_of(empty))
     shapes: dict[str, Any] = {}
     for shape in SHAPES:
         topic = bench.fresh_topic(f"boot-{shape}")
@@ -195,6 +202,7 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
         "ready_after_s": first["ready_after_s"],
         "records_per_s": first["records_per_s"],
         "empty_topic_ready_after_s": round(empty_ready_s, 2),
+        "empty_topic_rss_mb": round(empty_rss_mb, 1),
         **shapes,
         "notes": [f"{shape}: {text}; {PARTITIONS} partitions" for shape, text in SHAPES.items()]
         + [
@@ -209,5 +217,9 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
             "as_written topic: it streams the peer's state (GET /v1/state) and reads the topic "
             "from the offsets that state covers; peer_event_loop_lag is the peer's own lag "
             "while the new node started (bucket bounds)",
+            "rss_mb_at_ready: the reader's VmRSS when /readyz answered (it holds every "
+            "user's key, with the writer's cells as a peer's); empty_topic_rss_mb is the same "
+            "for the node on the empty topic: the difference is the synced node's memory "
+            "for the users (transient read buffers included)",
         ],
     }

@@ -41,6 +41,7 @@ from stress_test.bench_processes import (
     lag_summary,
     node,
     pid_of,
+    profiled,
     run_wrk,
     scrape,
     summarize,
@@ -449,6 +450,11 @@ def run_scenarios(bench: DistinctBench) -> None:
             runs[name].append(bench.measure(proc, a.secs, f"{name} {rep + 1}/{a.reps}"))
     for name, measured in runs.items():
         bench.results[name] = summarize_runs(measured)
+        if a.profile:  # an extra run: sampling slows the node, so it counts for nothing
+            sink: dict[str, Any] = {}
+            with profiled(pid_of(nodes[name]), a.profile, f"distinct-{name}", sink):
+                bench.measure(nodes[name], a.secs, f"{name} under py-spy")
+            bench.results[name]["profile"] = sink.get("profile")
     if "synced" in nodes:
         try:
             bench.results["outage"] = run_outage(bench, nodes["synced"])
@@ -481,6 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds of load per node before measuring, discarded (default 5): a broker "
         "started here compiles its hot paths meanwhile (JIT) and uses less CPU after",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="after the measured runs, one more run per node sampled with py-spy (top "
+        "functions in the report, stacks in DIR); it counts for no figure",
     )
     return p
 

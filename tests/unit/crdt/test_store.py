@@ -763,14 +763,34 @@ def test_exported_state_loads_into_a_new_replica_with_the_same_views(
             assert delta.entries[-1].p == 1
 
 
-def test_a_key_with_only_peers_cells_shares_the_empty_history_containers() -> None:
-    """The common synced key (a peer's cells in the newest epoch) allocates no list or
-    dict for history it does not have; the first epoch it holds or seals takes its own."""
+def test_a_key_with_one_peers_cell_holds_it_inline_without_extra() -> None:
+    """The common synced key (one peer's cell in the newest epoch) is one object: the cell
+    is inline, with no Extra and no dict; a second peer's cell goes to the Extra."""
     store = BucketStore(BucketPolicy(1.0, 20), "me", SyncTiming(1.0, 3.0))
     store.apply(Delta("k", "peer", (Entry(1000, 1000.0, 1, 0),)), 1000.5)
+    store.apply(Delta("k", "peer", (Entry(1000, 1000.0, 3, 0),)), 1000.5)
+    st = store._keys["k"]
+    assert (st.peer, st.peer_p, st.x) == ("peer", 3, None)
+    store.apply(Delta("k", "other", (Entry(1000, 1000.0, 2, 0),)), 1000.5)
+    assert st.x is not None
+    assert st.x.remote == {"other": 2}
+    assert st.peer == "peer"
+    assert store.view("k", 1000.5).contributions == {"other": 2, "peer": 3}
+    store.apply(Delta("k", "other", (Entry(1001, 1001.0, 1, 0),)), 1001.5)  # a new epoch
+    assert (st.peer, st.peer_p) == ("other", 1)
+    assert not st.x.remote, "the new epoch's first peer cell is inline again"
+    assert store.view("k", 1001.5).contributions == {"other": 3, "peer": 3}
+
+
+def test_a_key_with_only_peers_cells_shares_the_empty_history_containers() -> None:
+    """A synced key with an Extra (here: a second epoch) allocates no list or dict for
+    history it does not have; the first epoch it holds or seals takes its own."""
+    store = BucketStore(BucketPolicy(1.0, 20), "me", SyncTiming(1.0, 3.0))
+    store.apply(Delta("k", "peer", (Entry(1000, 1000.0, 1, 0),)), 1000.5)
+    store.apply(Delta("k", "peer", (Entry(1000, 1000.0, 1, 1),)), 1000.5)  # a refund
     x = store._keys["k"].x
     assert x is not None
-    assert x.remote == {"peer": 1}
+    assert x.remote_n == {"peer": 1}
     assert x.older == ()
     assert x.sealed is EMPTY
     assert x.late is EMPTY
@@ -780,11 +800,11 @@ def test_a_key_with_only_peers_cells_shares_the_empty_history_containers() -> No
     assert type(again.older) is list
     assert len(again.older) == 1
     other = BucketStore(BucketPolicy(1.0, 20), "me", SyncTiming(1.0, 3.0))
-    other.apply(Delta("j", "peer", (Entry(1000, 1000.0, 1, 0),)), 1000.5)
+    other.apply(Delta("j", "peer", (Entry(1000, 1000.0, 1, 1),)), 1000.5)
     held = other._keys["j"].x
     assert held is not None
     assert held.older == ()
     assert held.sealed is EMPTY, "the first key's history is its own"
     store.sweep(1010.0)  # epoch 1000 sealed: folded into the totals, the list given back
     assert x.older == ()
-    assert x.sealed == {"peer": 1}  # epoch 1001 stays the newest
+    assert x.sealed == {"peer": 0}  # epoch 1001 stays the newest
