@@ -28,6 +28,19 @@ def held_states(held: Mapping[str, S], keys: Iterable[str] | None) -> Iterable[t
     return held.items() if keys is None else ((k, held[k]) for k in keys if k in held)
 
 
+class EpochInterner(dict[int, int]):
+    """epoch -> the one int object kept for it; forgets all past MAX_EPOCHS_KEPT (a
+    writer's clock far off adds epochs that would otherwise stay)."""
+
+    MAX_EPOCHS_KEPT = 4096
+
+    def __missing__(self, epoch: int) -> int:
+        if len(self) >= self.MAX_EPOCHS_KEPT:
+            self.clear()
+        self[epoch] = epoch
+        return epoch
+
+
 class KeyView(NamedTuple):
     """A key's merged state at one instant."""
 
@@ -147,6 +160,9 @@ class BucketStore:
         self._sweep_keys: list[str] = []
         self._sweep_pos = 0
         self._flushed_epoch = -(2**62)
+        # One int object per epoch index for every key's newest epoch: merged entries each
+        # decode their own, and a million keys held a million equal ints (32 bytes each).
+        self._epochs = EpochInterner()
         # Set to a list to be told which keys were deleted as idle (the replicator
         # tombstones their snapshot records); None keeps nothing.
         self.deleted: list[str] | None = None
@@ -304,14 +320,16 @@ class BucketStore:
         entries = self._bounded(delta.entries, now)
         if not entries:
             return
+        epochs = self._epochs
         st = self._keys.get(delta.key)
         if st is None:
-            st = self._insert(delta.key, entries[0].epoch)
+            st = self._insert(delta.key, epochs[entries[0].epoch])
         seal = -(2**62) if self.bootstrapping else self._seal
         interval = self._interval
         me = self.replica
         late = 0
         for epoch, floor, p, n in entries:
+            epoch = epochs[epoch]
             late_cost = st.merge(
                 delta.replica, epoch, floor, p, n, interval=interval, seal=seal, me=me
             )
@@ -551,12 +569,13 @@ class BucketStore:
         Keys held already are left as they are; the rows' dicts are taken over (pass a
         fresh copy, as marshal.loads gives); returns the keys loaded."""
         keys = self._keys
+        epochs = self._epochs
         loaded = 0
         for row in rows:  # rows are the caller's (fresh from marshal): their dicts are kept
             key, e, floor, used, own = row[:5]
             if key in keys:
                 continue
-            st = KeyState(e)
+            st = KeyState(epochs[e])
             st.floor, st.used = floor, used
             own_n = 0
             size = len(row)

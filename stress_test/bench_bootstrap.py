@@ -196,6 +196,10 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
             shapes["restart_with_snapshot_file"] = restart_state(bench, topic, args)
             bench.say("starting a new node with --bootstrap-from a peer on the same topic ...")
             shapes["new_node_from_peer"] = handoff_state(bench, topic, args)
+            bench.say("starting a node for which the writer is silent (a past deploy) ...")
+            shapes["after_a_deploy"] = read_state(
+                bench, topic, [*args, "--expire-writers-s", "1"], "bench-after-deploy"
+            )
     first = shapes["as_written"]
     return {
         "users": users,
@@ -217,6 +221,9 @@ def run_bootstrap(bench: Bench) -> dict[str, Any]:
             "as_written topic: it streams the peer's state (GET /v1/state) and reads the topic "
             "from the offsets that state covers; peer_event_loop_lag is the peer's own lag "
             "while the new node started (bucket bounds)",
+            "after_a_deploy: a node reads the as_written topic with --expire-writers-s 1, so "
+            "the writer counts as a silent one (a node of a past deploy) and the reader keeps "
+            "its records to tombstone once settled",
             "rss_mb_at_ready: the reader's VmRSS when /readyz answered (it holds every "
             "user's key, with the writer's cells as a peer's); empty_topic_rss_mb is the same "
             "for the node on the empty topic: the difference is the synced node's memory "

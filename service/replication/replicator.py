@@ -21,6 +21,7 @@ from service.regions import RegionTracker
 from service.replication import codec, handoff, snapshot
 from service.replication.regional import RegionFeed
 from service.replication.remotelog import RemoteLog
+from service.replication.silent import SilentWriters
 from service.replication.statelog import LogRecord, OutRecord, PublishFailed, StateLog
 
 log = logging.getLogger("ratelimiter.sync")
@@ -122,10 +123,7 @@ class Replicator:
         self.expire_after_s = expire_after_s
         self._written: set[tuple[str, str]] = set()  # (rule, user) with a key record of ours
         self._tombstones: dict[bytes, int] = {}  # record key -> partition, to publish
-        self._live_writers: set[str] = set()
-        # writer -> its records: key -> (partition, written at, (rule, user) it holds)
-        self._silent: dict[str, dict[bytes, tuple[int, float, tuple[tuple[str, str], ...]]]] = {}
-        self._expire_queue: list[tuple[str, bytes]] = []
+        self._silent = SilentWriters(engine.replica)
         self.tombstones_written = 0
         self.idle_skipped = 0  # key records not written: the key was idle by its round
         engine.track_deletions()
@@ -201,15 +199,13 @@ class Replicator:
 
     def _note_silent_writers(self) -> None:
         """After reading history: writers seen writing lately are not silent after all."""
-        for writer in self._live_writers:
-            self._silent.pop(writer, None)
-        self._live_writers.clear()
+        self._silent.history_read()
         if self._silent:
             log.info(
                 "%d writers silent for over %.0fs left %d records: tombstoned once idle",
-                len(self._silent),
+                len(self._silent.writers),
                 self.expire_after_s,
-                sum(map(len, self._silent.values())),
+                self._silent.records(),
             )
 
     # -- partitions (--replicas N) -----------------------------------------------
@@ -280,12 +276,23 @@ class Replicator:
 
     async def _load_snapshot(self, path: Path) -> bool:
         """Load the state of the last graceful stop, then read the topic from its offsets;
-        False when there is no usable file."""
+        False when there is no usable file (a damaged chunk: the keys loaded before it
+        stay, real consumption, and the whole topic is read)."""
         started = time.monotonic()
         found = snapshot.read_snapshot(path, self.topic, self.log.partitions)
         if found is None:
             return False
-        keys = snapshot.load_snapshot(found, self.engine)
+        try:
+            keys = snapshot.load_snapshot(found, self.engine)
+        except snapshot.SnapshotDamaged as exc:
+            log.warning(
+                "snapshot %s: %s; %d keys loaded, reading the whole topic", path, exc, exc.loaded
+            )
+            self.metrics.bootstrap_keys_loaded.labels(source="file").set(exc.loaded)
+            # A peer's state skips keys held already, and its offsets need not cover
+            # what these lack: with keys loaded, only the whole topic is safe.
+            self._peers_asked = self._peers_asked or exc.loaded > 0
+            return False
         await self._start_from("file", str(path), keys, found.offsets, started)
         return True
 
@@ -667,53 +674,14 @@ class Replicator:
         """Tombstone records of silent writers, a slice per flush, once every key they hold
         is settled here (their epochs sealed and the bucket full now: deleting them changes
         no decision, even while the user is active)."""
-        if not self._expire_queue:
-            self._expire_queue = [(w, k) for w, recs in self._silent.items() for k in recs]
         limiters = self.engine.limiters
         now = self.clock()
-        for _ in range(min(EXPIRE_SLICE, len(self._expire_queue))):
-            writer, record_key = self._expire_queue.pop()
-            records = self._silent.get(writer)
-            if records is None or record_key not in records:
-                continue
-            partition, written, slots = records[record_key]
-            if not all(
-                (limiter := limiters.get(rule)) is None or limiter.settled(user, written, now)
-                for rule, user in slots
-            ):
-                continue  # it may still matter: looked at again on the next pass
-            del records[record_key]
-            if not records:
-                del self._silent[writer]
-            self._tombstones[record_key] = partition
 
-    def _note_writer(self, record: LogRecord, threshold_ms: int) -> None:
-        """At bootstrap: remember the records of writers silent since `threshold_ms`."""
-        key = record.key
-        if key is None:
-            return
-        parts = key.split(_SEP_BYTES)
-        # A key record's key is user, rule, writer; a batch record's "", batch, writer, partition.
-        if len(parts) == 3 or (len(parts) == 4 and not parts[0] and parts[1] == b"batch"):
-            writer = parts[2].decode("utf-8", "replace")
-        else:
-            return
-        if writer == self.engine.replica or writer in self._live_writers:
-            return
-        if record.timestamp_ms >= threshold_ms:
-            self._live_writers.add(writer)
-            self._silent.pop(writer, None)
-            return
-        records = self._silent.setdefault(writer, {})
-        if record.value is None:
-            records.pop(key, None)  # already tombstoned
-            return
-        try:
-            items = codec.decode(record.value).items
-        except PoisonRecord:
-            items = []  # unreadable: nothing in it can matter
-        slots = tuple((rule, delta.key) for rule, delta in items)
-        records[key] = (record.partition, from_unix_ms(record.timestamp_ms), slots)
+        def settled(rule: str, user: str, written: float) -> bool:
+            limiter = limiters.get(rule)
+            return limiter is None or limiter.settled(user, written, now)
+
+        self._tombstones.update(self._silent.expire(EXPIRE_SLICE, settled))
 
     async def flush_loop(self) -> None:
         """Flush every `flush_s` (run it as a supervised task: a bug propagates)."""
@@ -774,7 +742,7 @@ class Replicator:
             if self.log.stamps and not remote:  # the broker's times: silence is measurable
                 threshold_ms = now_ms - int(self.expire_after_s * 1000)
                 for record in records:
-                    self._note_writer(record, threshold_ms)
+                    self._silent.note(record, threshold_ms)
         own_key_end = self._own_key_end
         own_batch = self._own_batch
         applied = 0
@@ -812,8 +780,8 @@ class Replicator:
                 metrics.poison_record("unknown_rule", f"{unknown} deltas name an unknown rule")
             applied += len(decoded.items)
             if not bootstrapping and not remote:
-                if self._silent and replica in self._silent:
-                    del self._silent[replica]  # it writes again: not expired after all
+                if self._silent:
+                    self._silent.heard(replica)  # it writes again: not expired after all
                 metrics.sync_lag.observe(max(0, now_ms - decoded.since_ms) / 1000)
                 # A peer is alive when it wrote lately, not when we read its history: the
                 # records read at bootstrap (past deploys among them) stamp nobody, and a

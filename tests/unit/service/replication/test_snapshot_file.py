@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.replication import snapshot
 from service.replication.snapshot import read_snapshot, snapshot_path
 from service.testing import T0, ManualClock, MemoryLog
 from tests.service_helpers import clean_env, memory_node
@@ -92,3 +93,76 @@ async def test_a_snapshot_of_other_limits_or_a_damaged_file_is_ignored(tmp_path:
         assert damaged.engine.view("alice", damaged.rules.default).consumed == 5
     finally:
         await damaged.stop()
+
+
+async def stopped_with_snapshot(tmp_path: Path, log: MemoryLog, clock: ManualClock) -> Path:
+    """Node "a" admits 3 for each of USERS, stops (writing its file); the file's path."""
+    a = memory_node(log, clock, "a", state_dir=tmp_path, rate=0.01, burst=20)
+    await a.start()
+    await a.wait_ready(5)
+    for user in USERS:
+        assert a.decide(user, 3, a.rules.default).allowed
+    await a.stop()
+    return snapshot_path(tmp_path, "a", a.settings.topic)
+
+
+async def test_the_file_is_read_a_chunk_at_a_time_and_a_cut_one_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are marshalled in chunks (a million rows made at once scattered the memory of
+    the keys kept); every chunk is loaded, and a file cut anywhere is not used."""
+    monkeypatch.setattr(snapshot, "CHUNK_ROWS", 7)
+    clock = ManualClock(T0)
+    log = MemoryLog(4, broker_clock=clock)
+    path = await stopped_with_snapshot(tmp_path, log, clock)
+    found = read_snapshot(path, "ratelimiter.state", 4)
+    assert found is not None
+    [(_, chunks)] = found.limiters.values()
+    assert len(chunks) == -(-len(USERS) // 7)
+    again = memory_node(log, clock, "a", state_dir=tmp_path, rate=0.01, burst=20)
+    await again.start()
+    await again.wait_ready(5)
+    try:
+        assert again.replicator is not None
+        assert again.replicator.snapshot_keys_loaded == len(USERS)
+    finally:
+        await again.stop()
+    data = path.read_bytes()
+    for cut in (len(data) - 1, len(data) // 2, len(snapshot.MAGIC) + 3):
+        path.write_bytes(data[:cut])
+        assert read_snapshot(path, "ratelimiter.state", 4) is None
+    path.write_bytes(data + b"\x00" * 12)  # a frame longer than the file
+    assert read_snapshot(path, "ratelimiter.state", 4) is None
+    path.write_bytes(marshal.dumps({"v": 1, "topic": "ratelimiter.state", "partitions": 4}))
+    assert read_snapshot(path, "ratelimiter.state", 4) is None  # the format before chunks
+
+
+async def test_a_damaged_chunk_keeps_what_was_loaded_and_reads_the_whole_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot, "CHUNK_ROWS", 50)
+    clock = ManualClock(T0)
+    log = MemoryLog(4, broker_clock=clock)
+    path = await stopped_with_snapshot(tmp_path, log, clock)
+    data = bytearray(path.read_bytes())
+    found = read_snapshot(path, "ratelimiter.state", 4)
+    assert found is not None
+    [(_, chunks)] = found.limiters.values()
+    last = chunks[-1]
+    start = len(data) - len(last)
+    data[start : len(data)] = b"\xff" * len(last)  # the framing adds up, the content does not
+    path.write_bytes(bytes(data))
+    again = memory_node(log, clock, "a", state_dir=tmp_path, rate=0.01, burst=20)
+    await again.start()
+    await again.wait_ready(5)
+    try:
+        loaded = again.metrics.registry.get_sample_value(
+            "ratelimiter_bootstrap_keys_loaded", {"source": "file"}
+        )
+        assert loaded == 150  # three chunks of 50 before the damaged one
+        records = sum(map(len, log.partitions))
+        assert again.metrics.bootstrap_records._value.get() == records  # the whole topic
+        for user in USERS:
+            assert again.engine.view(user, again.rules.default).consumed == 3
+    finally:
+        await again.stop()
