@@ -290,22 +290,14 @@ class KeyState:
                 self.used += p
             else:
                 x = self.extra()
-                remote = x.remote
-                if remote is None:
-                    remote = x.remote = {}
-                old = remote.get(replica, 0)
-                if p > old:
-                    remote[replica] = p
-                    self.used += p - old
+                if x.remote is None:
+                    x.remote = {}
+                self.used += raise_cell(x.remote, replica, p)
         if n:
             x = self.extra()
-            remote_n = x.remote_n
-            if remote_n is None:
-                remote_n = x.remote_n = {}
-            old_n = remote_n.get(replica, 0)
-            if n > old_n:
-                remote_n[replica] = n
-                self.used -= n - old_n
+            if x.remote_n is None:
+                x.remote_n = {}
+            self.used -= raise_cell(x.remote_n, replica, n)
 
     def _merge_late(self, replica: str, epoch: int, floor: float, net: int, interval: float) -> int:
         # The epoch was sealed before this entry arrived (a delivery delay beyond
@@ -396,6 +388,15 @@ class KeyState:
         if self.own or own_n:
             out.append((self.e, self.floor, self.own, own_n))
         return out
+
+
+def raise_cell(cells: dict[str, int], replica: str, value: int) -> int:
+    """Max-merge `value` into a replica's cell; returns how much the cell grew."""
+    old = cells.get(replica, 0)
+    if value > old:
+        cells[replica] = value
+        return value - old
+    return 0
 
 
 def fold_totals(
