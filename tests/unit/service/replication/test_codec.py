@@ -30,6 +30,17 @@ def test_key_record_round_trip() -> None:
     assert doc["kind"] == "key"
 
 
+def test_records_of_one_writer_share_its_replica_id() -> None:
+    """A key merged from a key record keeps its writer's id (the peer's cell inline): one
+    string for every record of a writer, not one per record (80 MB for 1M key records)."""
+    replicas = [
+        codec.decode(codec.encode_key_record("default", d, ts_ms=1)).items[0][1].replica
+        for d in (DELTA, DELTA._replace(key="bob"), DELTA._replace(key="carol"))
+    ]
+    assert replicas == ["node-a/1"] * 3
+    assert replicas[0] is replicas[1] is replicas[2]
+
+
 def test_batch_record_round_trip() -> None:
     other = Delta("bob", "node-a/1", (Entry(-3, -1.25, 0, 2),))
     items = [("default", DELTA), ("gold", other)]
