@@ -179,14 +179,12 @@ class KeyState:
 
     def newest_cells(self, me: str) -> tuple[dict[str, int], dict[str, int]]:
         """Positive and negative cells of the newest epoch, own cell included."""
-        cells = {me: self.own} if self.own else {}
-        if self.peer is not None:
-            cells[self.peer] = self.peer_p
+        cells = self.remote_cells()
+        if self.own:
+            cells[me] = self.own
         refunds: dict[str, int] = {}
         x = self.x
         if x is not None:
-            if x.remote:
-                cells.update(x.remote)
             if x.own_n:
                 refunds[me] = x.own_n
             if x.remote_n:

@@ -579,14 +579,9 @@ class BucketStore:
             st.floor, st.used = floor, used
             own_n = 0
             size = len(row)
-            if size > 5:
-                remote = row[5]
-                if remote:
-                    if len(remote) == 1:
-                        ((st.peer, st.peer_p),) = remote.items()
-                    else:
-                        for replica, p in remote.items():
-                            st.put_remote(replica, p)
+            if size > 5 and row[5]:
+                for replica, p in row[5].items():
+                    st.put_remote(replica, p)
             if size > 6:
                 own_n, remote_n, older, sealed, base, late = row[6:]
                 x = st.extra()
