@@ -28,6 +28,11 @@ def held_states(held: Mapping[str, S], keys: Iterable[str] | None) -> Iterable[t
     return held.items() if keys is None else ((k, held[k]) for k in keys if k in held)
 
 
+def own_entries(st: KeyState, replica: str, since_epoch: int) -> tuple[Entry, ...]:
+    """The Entries of a key's own cells in epochs >= since_epoch (`KeyState.own_entries`)."""
+    return tuple(map(Entry._make, st.own_entries(replica, since_epoch)))
+
+
 class EpochInterner(dict[int, int]):
     """epoch -> the one int object kept for it; forgets all past MAX_EPOCHS_KEPT (a
     writer's clock far off adds epochs that would otherwise stay)."""
@@ -269,13 +274,13 @@ class BucketStore:
         self._flushed_epoch = since if self._dirty else self._e_now
         if not deltas:
             return []
-        keys = self._keys
+        keys, replica = self._keys, self.replica
         for key in taken:
             st = keys.get(key)
             if st is not None:
-                entries = tuple(Entry(*t) for t in st.own_entries(self.replica, since))
+                entries = own_entries(st, replica, since)
                 if entries:
-                    out.append(Delta(key, self.replica, entries))
+                    out.append(Delta(key, replica, entries))
         return out
 
     def delta_for(self, key: str, since_epoch: int) -> Delta | None:
@@ -287,7 +292,7 @@ class BucketStore:
         st = self._keys.get(key)
         if st is None:
             return None
-        entries = tuple(Entry(*t) for t in st.own_entries(self.replica, since_epoch))
+        entries = own_entries(st, self.replica, since_epoch)
         if not entries:
             if not math.isfinite(st.floor):
                 return None
@@ -531,9 +536,7 @@ class BucketStore:
             if key in self._dirty:
                 # Ship what we admitted before forgetting the key: nothing admitted is lost.
                 self._dirty.discard(key)
-                entries = tuple(
-                    Entry(*t) for t in st.own_entries(self.replica, self._flushed_epoch)
-                )
+                entries = own_entries(st, self.replica, self._flushed_epoch)
                 if entries:
                     self._pending.append(Delta(key, self.replica, entries))
             self._remember_own_cell(key, st)

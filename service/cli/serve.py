@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+GC_THRESHOLDS = (50_000, 20, 100)  # the cyclic GC's, set at start (`run` says why)
+
+
 def _freeze_heap() -> None:
     # Only the youngest generation is collected first (at most the gen-0 threshold of
     # objects): a full collection over a million keys' objects held the event loop about
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     # many short-lived tuples: with the default threshold (700) the cyclic GC rescans
     # the long-lived heap over and over (70% of a 1M-key flush, BENCHMARKS.md). Collect
     # the young generation less often; nothing in the node builds reference cycles.
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     asgi = create_asgi(settings)
     if settings.grpc_port is not None:
         from fastapi import FastAPI

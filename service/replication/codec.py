@@ -124,6 +124,14 @@ def encode_batch(
     replica: str, items: Iterable[tuple[str, Delta]], since_ms: int, ts_ms: int
 ) -> bytes:
     """The value of a batch record."""
+    return encode_batch_rows(
+        replica, [[rule, d.key, _entries(d)] for rule, d in items], since_ms, ts_ms
+    )
+
+
+def encode_batch_rows(replica: str, rows: list[list[Any]], since_ms: int, ts_ms: int) -> bytes:
+    """The value of a batch record from its items as rows already:
+    [rule, user, [[epoch, floor, p, n], ...]] (the replicator's flush builds them)."""
     return orjson.dumps(
         {
             "v": VERSION,
@@ -131,7 +139,7 @@ def encode_batch(
             "replica": replica,
             "since": since_ms,
             "ts": ts_ms,
-            "items": [[rule, d.key, _entries(d)] for rule, d in items],
+            "items": rows,
         }
     )
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from crdt.delta import Delta, Entry
 from service.clock import Clock, DisciplinedClock, Stamp, from_unix_ms, to_unix_ms
@@ -47,6 +47,11 @@ class PeerSeen(NamedTuple):
 
     at: float
     records: int
+
+
+def _covers(entry: Entry, old: Entry) -> bool:
+    """Entries of one epoch only grow: the larger one holds everything the smaller does."""
+    return (entry.p, entry.n, entry.floor) >= (old.p, old.n, old.floor)
 
 
 class Replicator:
@@ -451,16 +456,19 @@ class Replicator:
         self.metrics.buffered.set(len(self._pending))
 
     def _buffer(self, items: list[tuple[str, Delta]]) -> None:
+        pending, unencoded = self._pending, self._unencoded
         for rule, delta in items:
             slot = (rule, delta.key)
-            self._unencoded.add(slot)
-            entries = self._pending.setdefault(slot, {})
-            for entry in delta.entries:
-                old = entries.get(entry.epoch)
-                # Entries only grow; the larger one holds everything the smaller does.
-                if old is None or (entry.p, entry.n, entry.floor) >= (old.p, old.n, old.floor):
-                    entries[entry.epoch] = entry
-            if len(entries) > 1 and len(self._pending) > self.max_buffered:
+            unencoded.add(slot)
+            entries = pending.get(slot)
+            if entries is None:  # the common case: a key not buffered yet
+                entries = pending[slot] = {e.epoch: e for e in delta.entries}
+            else:
+                for entry in delta.entries:
+                    old = entries.get(entry.epoch)
+                    if old is None or _covers(entry, old):
+                        entries[entry.epoch] = entry
+            if len(entries) > 1 and len(pending) > self.max_buffered:
                 # Over the bound: keep only the newest entry; its cascaded floor carries
                 # the older epochs' consumption, so nothing admitted is forgotten.
                 newest = max(entries)
@@ -496,16 +504,22 @@ class Replicator:
     async def _encode_batches(self, slots: list[tuple[str, str]], now_ms: int) -> None:
         """Encode the pending entries of `slots` into batch records added to the outbox,
         yielding to the event loop after every slice of work."""
-        by_partition: dict[int, list[tuple[str, Delta]]] = {}
+        # Rows as the batch record holds them, [rule, user, [[epoch, floor, p, n], ...]],
+        # built straight from the buffered entries (an Entry lists as such a row).
+        by_partition: dict[int, list[list[Any]]] = {}
         replica = self.engine.replica
-        pending = self._pending
+        pending, partition_of = self._pending, self.partition_of
         deadline = time.perf_counter() + SLICE_S
-        for rule, key in slots:
-            entries = pending.get((rule, key))
+        for slot in slots:
+            entries = pending.get(slot)
             if entries is None:
                 continue
-            delta = Delta(key, replica, tuple(entries[e] for e in sorted(entries)))
-            by_partition.setdefault(self.partition_of(key), []).append((rule, delta))
+            rule, key = slot
+            if len(entries) == 1:
+                rows = [list(entry) for entry in entries.values()]
+            else:
+                rows = [list(entries[e]) for e in sorted(entries)]
+            by_partition.setdefault(partition_of(key), []).append([rule, key, rows])
             if time.perf_counter() >= deadline:
                 await asyncio.sleep(0)
                 deadline = time.perf_counter() + SLICE_S
@@ -514,7 +528,7 @@ class Replicator:
             record_key = codec.batch_record_key(replica, partition)
             for i in range(0, len(items), MAX_ITEMS_PER_RECORD):
                 chunk = items[i : i + MAX_ITEMS_PER_RECORD]
-                value = codec.encode_batch(replica, chunk, since_ms, now_ms)
+                value = codec.encode_batch_rows(replica, chunk, since_ms, now_ms)
                 self._outbox.append(OutRecord(record_key, value, partition))
                 self._outbox_items += len(chunk)
                 if time.perf_counter() >= deadline:

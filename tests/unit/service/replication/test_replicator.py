@@ -155,13 +155,13 @@ async def test_failed_flushes_encode_each_change_once(
 ) -> None:
     a = replicator_on(log, clock, "a/1")
     encoded: list[int] = []
-    real = codec.encode_batch
+    real = codec.encode_batch_rows
 
-    def counting(replica: str, items: Any, since_ms: int, ts_ms: int) -> bytes:
-        encoded.append(len(items))
-        return real(replica, items, since_ms, ts_ms)
+    def counting(replica: str, rows: Any, since_ms: int, ts_ms: int) -> bytes:
+        encoded.append(len(rows))
+        return real(replica, rows, since_ms, ts_ms)
 
-    monkeypatch.setattr(codec, "encode_batch", counting)
+    monkeypatch.setattr(codec, "encode_batch_rows", counting)
     monkeypatch.setattr("service.replication.replicator.MAX_BACKOFF_S", 0.0)
     log.available = False
     for i in range(300):
