@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError
 from service.errors import BrokerError
 from service.kafka.topics import describe_topic
 from service.regions import TopicSelector
-from service.replication.statelog import LOG_APPEND_TIME, LogRecord
+from service.replication.statelog import LOG_APPEND_TIME, MAX_PARTITION_FETCH_BYTES, LogRecord
 
 log = logging.getLogger("ratelimiter.regions")
 
@@ -89,10 +89,7 @@ class KafkaRemoteLog:
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "fetch_max_wait_ms": 50,
-            # Fetched data waits in the consumer until read, this much per partition: at
-            # 8 MB, 90 MB of a new node's first fetches from the beginning were still held
-            # after it sought to a peer's offsets (a larger batch still comes, first in a fetch).
-            "max_partition_fetch_bytes": 1 << 20,
+            "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
             "request_timeout_ms": request_timeout_ms,
             **self._security,
         }

@@ -71,8 +71,9 @@ class SilentWriters:
     def __contains__(self, writer: object) -> bool:
         return writer in self.writers
 
-    def __bool__(self) -> bool:
-        return bool(self.writers)
+    def __len__(self) -> int:
+        """Silent writers held."""
+        return len(self.writers)
 
     def records(self) -> int:
         """Records held, all writers together (key records seen tombstoned included)."""

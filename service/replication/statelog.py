@@ -18,6 +18,10 @@ log = logging.getLogger("ratelimiter.statelog")
 
 RECONNECT_BACKOFF_S = 0.5
 LOG_APPEND_TIME = 1  # a record's timestamp type when the broker stamped it
+# Fetched data waits in a consumer until read, this much per partition: at 8 MB, 90 MB of
+# a new node's first fetches from the beginning were still held after it sought to a peer's
+# offsets (a larger batch still comes, first in a fetch).
+MAX_PARTITION_FETCH_BYTES = 1 << 20
 
 
 async def _quietly_stop(producer: AIOKafkaProducer) -> None:
@@ -139,10 +143,7 @@ class KafkaStateLog:
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "fetch_max_wait_ms": 50,
-            # Fetched data waits in the consumer until read, this much per partition: at
-            # 8 MB, 90 MB of a new node's first fetches from the beginning were still held
-            # after it sought to a peer's offsets (a larger batch still comes, first in a fetch).
-            "max_partition_fetch_bytes": 1 << 20,
+            "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
             "request_timeout_ms": max(request_timeout_ms, 10_000),
             **self._security,
         }
